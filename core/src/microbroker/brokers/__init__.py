@@ -1,0 +1,1 @@
+"""The brokers that ship with the core: ``memory`` (and ``http``)."""

@@ -1,0 +1,258 @@
+"""The receiving side of the http broker: the HTTP endpoint and one worker per subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..._broker import Handler, Subscriber, dispatch
+from ..._message import Delivery, Message
+from ...registries import Service
+from . import _wire
+
+if TYPE_CHECKING:
+    from ._broker import HttpBroker
+
+Result = float | str | None
+"""One message's outcome: ``_wire.ACK`` (None), a nack delay (float) or ``GONE``/``BUSY``."""
+
+
+class _InboundDelivery(Delivery):
+    __slots__ = ("_result",)
+
+    def __init__(
+        self, topic: str, message: Message, queue: str | None, attempt: int, result: Any
+    ) -> None:
+        Delivery.__init__(self, topic, message, queue=queue, attempt=attempt)
+        self._result: asyncio.Future[Result] = result
+
+    async def _settle_ack(self) -> None:
+        if not self._result.done():
+            self._result.set_result(_wire.ACK)
+
+    async def _settle_nack(self, delay: float | None) -> None:
+        if not self._result.done():
+            self._result.set_result(_wire.NACK if delay is None else max(0.0, float(delay)))
+
+
+class HttpSubscriber(Subscriber):
+    """A subscription of the http broker: one registry node, one ordered worker.
+
+    Messages POSTed to its node id wait in a bounded inbox and are handled one
+    at a time, in arrival order. Each HTTP answer waits for the handler's
+    verdict, so the publisher learns whether the message was acked.
+    """
+
+    def __init__(
+        self,
+        broker: HttpBroker,
+        topic: str,
+        handler: Handler,
+        queue: str | None,
+        auto_ack: bool,
+        service: Service,
+    ) -> None:
+        super().__init__(topic, queue, auto_ack)
+        self.id = service.nodes[0].id
+        self.service = service
+        self._broker = broker
+        self._handler = handler
+        self._active = True
+        self._inbox: deque[_InboundDelivery] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._handling = False
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"microbroker-http-{topic}"
+        )
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def offer(self, topic: str, headers: dict[str, str], body: bytes, attempt: int) -> Any:
+        """Queue one message; return the future of its result, or ``BUSY``/``GONE`` at once."""
+        if not self._active:
+            return _wire.GONE
+        if len(self._inbox) >= self._broker.max_inbox:
+            return _wire.BUSY
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._inbox.append(
+            _InboundDelivery(topic, Message(body, headers), self.queue, attempt, future)
+        )
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return future
+
+    async def _run(self) -> None:
+        inbox = self._inbox
+        handler = self._handler
+        auto_ack = self.auto_ack
+        loop = asyncio.get_running_loop()
+        ack_timeout = self._broker.ack_timeout
+        count = 0
+        while self._active:
+            if not inbox:
+                self._waiter = loop.create_future()
+                await self._waiter
+                self._waiter = None
+                continue
+            delivery = inbox.popleft()
+            self._handling = True
+            try:
+                await dispatch(handler, delivery, auto_ack)
+            finally:
+                self._handling = False
+            if not delivery.settled:
+                # Left for the application to settle later; an answer must come some day.
+                loop.call_later(ack_timeout, _expire, delivery)
+            count += 1
+            if count == 256:
+                count = 0
+                await asyncio.sleep(0)
+
+    async def unsubscribe(self) -> None:
+        if not self._active:
+            return
+        self._active = False
+        await self._broker._remove(self)
+        # Messages not yet handled go back to their publishers, for another member of the group.
+        while self._inbox:
+            pending = self._inbox.popleft()
+            if not pending._result.done():
+                pending._result.set_result(_wire.GONE)
+        idle = self._waiter
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+        task = self._task
+        if task is asyncio.current_task() or task.done():
+            return
+        if not self._handling:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _expire(delivery: _InboundDelivery) -> None:
+    if not delivery.settled:
+        delivery._state = 2  # nacked: the ack window is over
+        if not delivery._result.done():
+            delivery._result.set_result(_wire.NACK)
+
+
+def _text(status: int, message: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n", headers=headers or None)
+
+
+def make_app(broker: HttpBroker) -> web.Application:
+    """The aiohttp application of one broker: ``POST /?id=<node id>``, as go-micro's."""
+    secret = broker.secret.encode() if broker.secret else None
+    subscribers: Callable[[str], HttpSubscriber | None] = broker._subscribers.get
+    read_timeout = broker.read_timeout
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if secret is not None:
+            given = request.headers.get("Authorization", "")
+            if not given.startswith("Bearer ") or not hmac.compare_digest(
+                given[7:].encode(), secret
+            ):
+                return _text(
+                    401,
+                    "missing or wrong shared secret: send 'Authorization: Bearer <secret>'",
+                    **{"WWW-Authenticate": 'Bearer realm="microbroker"'},
+                )
+        node_id = request.query.get("id")
+        if not node_id:
+            return _text(400, "missing the subscription's node id: POST /?id=<node id>")
+        sub = subscribers(node_id)
+        if sub is None:
+            return _text(404, f"no subscription with node id {node_id!r} here (it may have ended)")
+        try:
+            async with asyncio.timeout(read_timeout):
+                data = await request.read()
+        except TimeoutError:
+            return _text(408, f"the request body did not arrive within {read_timeout}s")
+        if request.content_type == _wire.BATCH_TYPE:
+            return await _batch(request, sub, data)
+        # go-micro's single message: its Content-Type is application/json, but go-micro
+        # reads the body whatever the header says, so do we.
+        try:
+            headers, body = _wire.decode_envelope(data)
+        except _wire.WireError as exc:
+            return _text(400, f"bad message: {exc}")
+        topic = _topic(headers)
+        if topic is None:
+            return _text(400, f'bad message: no "{_wire.TOPIC_HEADER}" in "Header"')
+        if topic != sub.topic:
+            return _text(
+                400, f"topic {topic!r} does not match the subscription's topic {sub.topic!r}"
+            )
+        result = sub.offer(topic, headers, body, 1)
+        if not isinstance(result, str):
+            result = await result
+        if result is _wire.ACK:
+            return web.Response(status=200)
+        if result == _wire.GONE:
+            return _text(404, f"subscription {node_id!r} ended before handling the message")
+        if result == _wire.BUSY:
+            return _text(
+                503, "the subscription's inbox is full; retry later", **{"Retry-After": "1"}
+            )
+        return _text(500, "the handler did not accept the message (nack or error)")
+
+    async def _batch(request: web.Request, sub: HttpSubscriber, data: bytes) -> web.StreamResponse:
+        try:
+            frames = _wire.decode_batch(data)
+        except _wire.WireError as exc:
+            return _text(400, f"bad batch: {exc}")
+        results = []
+        for _attempt, headers, _body in frames:
+            if _topic(headers) != sub.topic:
+                return _text(400, f"bad batch: a message is not on topic {sub.topic!r}")
+        for attempt, headers, body in frames:
+            results.append(sub.offer(sub.topic, headers, body, attempt))
+        if len(results) == 1:
+            # Nothing to stream for one message: a plain answer is cheaper on both ends.
+            (only,) = results
+            verdict = only if isinstance(only, str) else await only
+            return web.Response(
+                body=json.dumps([verdict]).encode() + b"\n", content_type="application/x-ndjson"
+            )
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        # Answer results as they become known, in runs, so that a long batch behind a slow
+        # handler keeps the connection alive and the publisher settles early ones early.
+        ready: list[Result] = []
+        for result in results:
+            if isinstance(result, str):
+                ready.append(result)
+                continue
+            if not result.done() and ready:
+                await response.write(json.dumps(ready).encode() + b"\n")
+                ready = []
+            ready.append(await result)
+        if ready:
+            await response.write(json.dumps(ready).encode() + b"\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application(client_max_size=broker.max_request_size)
+    app.router.add_post("/", handle)
+    return app
+
+
+def _topic(headers: dict[str, str]) -> str | None:
+    topic = headers.get(_wire.TOPIC_HEADER)
+    if topic is not None:
+        return topic
+    for key, value in headers.items():
+        if key.casefold() == "micro-topic":
+            return value
+    return None

@@ -1,0 +1,639 @@
+"""The Kafka broker, on aiokafka: consumer groups, record keys and headers, acked-only commits.
+
+A subscription with a ``queue`` is a Kafka consumer group named after the
+queue: each partition belongs to one member, so each message goes to one
+member. A subscription without a queue reads every partition of its topic by
+itself (manual assignment, no group), so every such subscriber gets every
+message, as go-micro's unique-group subscribers do, without leaving a group
+behind on the server for each of them.
+
+Offsets: a group commits, per partition, the offset after the longest run of
+*acked* messages from where it started. A nack, a handler error or a message
+still being handled stops that run, so the committed offset never passes a
+message that was not acked; whatever this member had not acked when it stops
+or loses a partition is delivered again to the member that takes it over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import (  # type: ignore[import-untyped]
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError as AioKafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import TopicAlreadyExistsError
+
+from microbroker import (
+    Broker,
+    Capabilities,
+    Delivery,
+    InvalidTopic,
+    Message,
+    NotConnected,
+    PublishError,
+    Subscriber,
+)
+from microbroker._broker import Handler, dispatch
+
+from .errors import KafkaConnectError, SubscribeError
+from .options import KafkaOptions, parse_address
+
+logger = logging.getLogger("microbroker.kafka")
+
+DEFAULT_ADDRESS = "127.0.0.1:9092"
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}").fullmatch
+_COMMIT_TIMEOUT = 3.0
+_STREAM_HEADER = "Micro-Stream"
+_OPTION_NAMES = frozenset(KafkaOptions.__dataclass_fields__)
+
+
+def check_kafka_topic(topic: str) -> None:
+    """Raise :class:`InvalidTopic` for a name Kafka cannot carry."""
+    if type(topic) is not str or not _TOPIC(topic) or topic in (".", ".."):
+        raise InvalidTopic(
+            f"invalid kafka topic {topic!r}: use 1 to 249 letters, digits, '.', '_' and '-'"
+        )
+
+
+def _capabilities(settings: KafkaOptions) -> Capabilities:
+    return Capabilities(
+        # A group spreads its messages over its members by partition: with one
+        # partition a group has one active member, so only then is it promised.
+        queue_groups=settings.partitions > 1,
+        ack=True,
+        at_least_once=True,
+        persistence=settings.persistence,
+        # One partition keeps publish order; several keep it per record key only.
+        ordering=settings.partitions == 1,
+        reconnect=False,
+        wildcards=None,
+        max_message_size=settings.max_message_size,
+    )
+
+
+class KafkaDelivery(Delivery):
+    """A delivery from a Kafka partition; ack and nack settle its offset."""
+
+    __slots__ = ("_sub", "_tracker", "key", "offset", "partition")
+
+    def __init__(
+        self,
+        topic: str,
+        message: Message,
+        *,
+        queue: str | None,
+        attempt: int,
+        sub: KafkaSubscriber,
+        tracker: _Partition,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+    ) -> None:
+        # Delivery.__init__, inlined: this runs once per message.
+        self.topic = topic
+        self.message = message
+        self.queue = queue
+        self.attempt = attempt
+        self._state = 0
+        self._sub = sub
+        self._tracker = tracker
+        #: The partition and offset of the record, and its key (``None`` without one).
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+
+    async def _settle_ack(self) -> None:
+        self._tracker.ack(self.offset)
+
+    async def _settle_nack(self, delay: float | None) -> None:
+        self._sub._nacked(self, delay)
+
+
+class _Partition:
+    """The offsets of one partition this subscriber holds: which ones may be committed."""
+
+    __slots__ = ("acked", "commit", "committed", "outstanding", "revoked")
+
+    def __init__(self, start: int) -> None:
+        self.outstanding: deque[int] = deque()
+        self.acked: set[int] = set()
+        self.commit = start
+        """The offset after the longest acked run: what may be committed."""
+        self.committed = start
+        self.revoked = False
+
+    def deliver(self, offset: int) -> None:
+        self.outstanding.append(offset)
+
+    def ack(self, offset: int) -> None:
+        outstanding = self.outstanding
+        if outstanding and outstanding[0] == offset:
+            outstanding.popleft()
+            last = offset
+            acked = self.acked
+            while outstanding and outstanding[0] in acked:
+                last = outstanding.popleft()
+                acked.discard(last)
+            self.commit = last + 1
+        elif offset in outstanding:
+            self.acked.add(offset)
+
+    @property
+    def dirty(self) -> bool:
+        return self.commit > self.committed and not self.revoked
+
+
+class KafkaSubscriber(Subscriber):
+    """A subscription: a consumer of its own, in the queue's group or reading every partition."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        topic: str,
+        handler: Handler,
+        queue: str | None,
+        auto_ack: bool,
+        settings: KafkaOptions,
+    ) -> None:
+        super().__init__(topic, queue, auto_ack)
+        self._broker = broker
+        self._handler = handler
+        self._settings = settings
+        self._consumer: AIOKafkaConsumer | None = None
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._redeliveries: set[asyncio.Task[None]] = set()
+        self._assigned = asyncio.Event()
+        self._busy: asyncio.Lock = asyncio.Lock()
+        self._active = False
+        self._closing = False
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    # Starting. ------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        s = self._settings
+        kwargs = s.consumer_kwargs()
+        kwargs.update(
+            fetch_max_wait_ms=int(s.fetch_wait * 1000),
+            retry_backoff_ms=50,
+            metadata_max_age_ms=30_000,
+        )
+        if self.queue is not None:
+            kwargs.update(
+                group_id=self.queue,
+                rebalance_timeout_ms=int(s.rebalance_timeout * 1000),
+            )
+        consumer = AIOKafkaConsumer(**kwargs)
+        self._consumer = consumer
+        try:
+            await consumer.start()
+            if self.queue is not None:
+                consumer.subscribe([self.topic], listener=_Listener(self))
+                self._task = asyncio.create_task(self._run(), name=f"kafka {self.topic}")
+                try:
+                    await asyncio.wait_for(self._assigned.wait(), s.join_timeout)
+                except TimeoutError as exc:
+                    raise SubscribeError(
+                        f"kafka group {self.queue!r} assigned no partition of {self.topic!r} "
+                        f"within {s.join_timeout}s"
+                    ) from exc
+            else:
+                partitions = await self._broker._partitions_of(consumer, self.topic)
+                tps = [TopicPartition(self.topic, p) for p in partitions]
+                consumer.assign(tps)
+                await consumer.seek_to_end(*tps)
+                for tp in tps:
+                    self._partitions[tp] = _Partition(await consumer.position(tp))
+                self._task = asyncio.create_task(self._run(), name=f"kafka {self.topic}")
+        except BaseException:
+            await self._stop_consumer()
+            raise
+        self._active = True
+        if self.queue is not None:
+            self._committer = asyncio.create_task(self._commit_loop())
+
+    async def _on_assigned(self, tps: Iterable[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        fresh: dict[TopicPartition, int] = {}
+        for tp in tps:
+            position = await consumer.position(tp)
+            self._partitions[tp] = _Partition(position)
+            if await consumer.committed(tp) is None:
+                fresh[tp] = position
+        if fresh:
+            # The group's starting point is fixed now, not at the next fetch: what is
+            # published from here on is delivered, whichever member reads it later.
+            with contextlib.suppress(AioKafkaError):
+                await consumer.commit(fresh)
+        self._assigned.set()
+
+    async def _on_revoked(self, tps: Iterable[TopicPartition]) -> None:
+        revoked = [tp for tp in tps if tp in self._partitions]
+        for tp in revoked:
+            self._partitions[tp].revoked = True
+        # Let the message being handled finish, so that its ack can be committed.
+        if self._busy.locked():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.drain_timeout):
+                    async with self._busy:
+                        pass
+        offsets = {}
+        for tp in revoked:
+            part = self._partitions.pop(tp)
+            if part.commit > part.committed:
+                offsets[tp] = part.commit
+        if offsets and self._consumer is not None:
+            try:
+                # Bounded: a server that lost the topic refuses the commit again and again.
+                await asyncio.wait_for(self._consumer.commit(offsets), _COMMIT_TIMEOUT)
+            except (AioKafkaError, TimeoutError) as exc:
+                logger.warning("kafka: commit on revoke of %s failed: %s", list(offsets), exc)
+
+    # Delivering. ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        topic, queue, auto_ack, handler = self.topic, self.queue, self.auto_ack, self._handler
+        partitions = self._partitions
+        busy = self._busy
+        max_records = self._settings.max_poll_records
+        while not self._closing:
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+            except asyncio.CancelledError:
+                raise
+            except AioKafkaError as exc:
+                logger.warning("kafka: fetch on %s failed, retrying: %s", topic, exc)
+                await asyncio.sleep(0.2)
+                continue
+            if not batches:
+                continue
+            # One batch at a time holds the lock: redeliveries and revokes wait for its end.
+            async with busy:
+                for tp, records in batches.items():
+                    part = partitions.get(tp)
+                    partition = tp.partition
+                    for record in records:
+                        if part is None or part.revoked or self._closing:
+                            # Left for the partition's next owner: aiokafka restarts a
+                            # (re)assigned partition from its committed offset.
+                            break
+                        raw = record.headers
+                        offset = record.offset
+                        part.outstanding.append(offset)
+                        await dispatch(
+                            handler,
+                            KafkaDelivery(
+                                topic,
+                                Message(
+                                    record.value or b"",
+                                    {k: v.decode() for k, v in raw} if raw else {},
+                                ),
+                                queue=queue,
+                                attempt=1,
+                                sub=self,
+                                tracker=part,
+                                partition=partition,
+                                offset=offset,
+                                key=record.key,
+                            ),
+                            auto_ack,
+                        )
+
+    def _nacked(self, delivery: KafkaDelivery, delay: float | None) -> None:
+        # Redelivered after a backoff while the partition goes on: its offset stays
+        # outstanding, so no commit passes it until it is acked (or given up).
+        task = asyncio.create_task(self._redeliver_later(delivery, delay))
+        self._redeliveries.add(task)
+        task.add_done_callback(self._redeliveries.discard)
+
+    def _backoff(self, attempt: int, delay: float | None) -> float:
+        if delay is not None:
+            return max(0.0, delay)
+        s = self._settings
+        return float(min(s.max_redelivery_delay, s.redelivery_delay * 2 ** (attempt - 1)))
+
+    def _next(self, delivery: KafkaDelivery) -> KafkaDelivery:
+        return KafkaDelivery(
+            delivery.topic,
+            delivery.message,
+            queue=delivery.queue,
+            attempt=delivery.attempt + 1,
+            sub=self,
+            tracker=delivery._tracker,
+            partition=delivery.partition,
+            offset=delivery.offset,
+            key=delivery.key,
+        )
+
+    def _given_up(self, delivery: KafkaDelivery) -> bool:
+        max_deliver = self._settings.max_deliver
+        if max_deliver is not None and delivery.attempt >= max_deliver:
+            logger.error(
+                "kafka: %s partition %d offset %d given up after %d deliveries",
+                delivery.topic,
+                delivery.partition,
+                delivery.offset,
+                delivery.attempt,
+            )
+            delivery._tracker.ack(delivery.offset)
+            return True
+        return False
+
+    async def _redeliver_later(self, delivery: KafkaDelivery, delay: float | None) -> None:
+        if self._given_up(delivery):
+            return
+        await asyncio.sleep(self._backoff(delivery.attempt, delay))
+        if delivery._tracker.revoked or self._closing:
+            return  # the partition's next owner reads it again from the committed offset
+        again = self._next(delivery)
+        async with self._busy:
+            # A nack of this one schedules the next redelivery by itself.
+            await dispatch(self._handler, again, self.auto_ack)
+
+    # Committing. ----------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        interval = self._settings.commit_interval
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        consumer = self._consumer
+        if consumer is None or self.queue is None:
+            return
+        offsets = {tp: p.commit for tp, p in self._partitions.items() if p.dirty}
+        if not offsets:
+            return
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), _COMMIT_TIMEOUT)
+        except (AioKafkaError, TimeoutError) as exc:
+            # A rebalance under way: the revoke callback commits what is acked.
+            logger.info("kafka: commit of %s deferred: %s", self.topic, exc)
+            return
+        for tp, offset in offsets.items():
+            part = self._partitions.get(tp)
+            if part is not None:
+                part.committed = max(part.committed, offset)
+
+    # Stopping. ------------------------------------------------------------------
+
+    async def unsubscribe(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._active = False
+        self._broker._forget(self)
+        if self._busy.locked():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.drain_timeout):
+                    async with self._busy:
+                        pass
+        for task in (self._task, self._committer, *self._redeliveries):
+            if task is not None:
+                task.cancel()
+        for task in (self._task, self._committer, *self._redeliveries):
+            if task is not None:
+                with contextlib.suppress(BaseException):
+                    await task
+        await self._commit()
+        await self._stop_consumer()
+
+    async def _stop_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sub: KafkaSubscriber) -> None:
+        self._sub = sub
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._sub._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._sub._on_assigned(assigned)
+
+
+class KafkaBroker(Broker):
+    """The ``kafka`` broker. Options are those of :class:`~microbroker_kafka.KafkaOptions`.
+
+    Publish options: ``key`` (bytes or str) sets the record key, so that the
+    records of one key go to one partition and keep their order; ``partition``
+    picks the partition outright.
+    """
+
+    default_address = DEFAULT_ADDRESS
+
+    def __init__(self, address: str | None = None, **options: Any) -> None:
+        unknown = set(options) - _OPTION_NAMES
+        if unknown:
+            raise TypeError(
+                f"unknown kafka option(s): {', '.join(sorted(unknown))}; "
+                f"the options are: {', '.join(sorted(_OPTION_NAMES))}"
+            )
+        super().__init__(address, **options)
+        servers = parse_address(self._address)
+        self.settings = KafkaOptions(**{**options, "bootstrap_servers": servers})
+        self.capabilities = _capabilities(self.settings)
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._topics: set[str] = set()
+        self._creating: dict[str, asyncio.Future[None]] = {}
+        self._subscribers: set[KafkaSubscriber] = set()
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        s = self.settings
+        producer = AIOKafkaProducer(**s.producer_kwargs())
+        admin = AIOKafkaAdminClient(**s.common_kwargs()) if s.auto_create_topics else None
+        try:
+            await producer.start()
+            if admin is not None:
+                await admin.start()
+        except (AioKafkaError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            if admin is not None:
+                with contextlib.suppress(Exception):
+                    await admin.close()
+            raise KafkaConnectError(
+                f"cannot connect to kafka at {','.join(s.bootstrap_servers)}: {exc} "
+                "(is the server running, and is the address host:port right?)"
+            ) from exc
+        self._producer, self._admin = producer, admin
+        self._connected = True
+
+    async def disconnect(self) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        for sub in list(self._subscribers):
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        producer, self._producer = self._producer, None
+        admin, self._admin = self._admin, None
+        if producer is not None:
+            # stop() flushes the batches still lingering in the producer.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), self.settings.drain_timeout)
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    def _forget(self, sub: KafkaSubscriber) -> None:
+        self._subscribers.discard(sub)
+
+    # Topics. ----------------------------------------------------------------------
+
+    async def _ensure_topic(self, topic: str) -> None:
+        if topic in self._topics or self._admin is None:
+            return
+        pending = self._creating.get(topic)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._creating[topic] = future
+        try:
+            s = self.settings
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await self._admin.create_topics(
+                    [NewTopic(topic, s.partitions, s.replication_factor)]
+                )
+            self._topics.add(topic)
+            future.set_result(None)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning
+            raise
+        finally:
+            del self._creating[topic]
+
+    async def _partitions_of(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.join_timeout
+        while True:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                return sorted(partitions)
+            if loop.time() > deadline:
+                raise SubscribeError(f"kafka topic {topic!r} has no partitions (does it exist?)")
+            await asyncio.sleep(0.05)
+
+    # Publish and subscribe. ---------------------------------------------------------
+
+    async def publish(self, topic: str, message: Message, **options: Any) -> None:
+        self._check_publish(topic, message)
+        known = topic in self._topics
+        if not known:
+            check_kafka_topic(topic)
+        body = message.body
+        if len(body) > self.settings.max_message_size:
+            raise PublishError(
+                f"a {len(body)} byte body exceeds the kafka broker's max_message_size of "
+                f"{self.settings.max_message_size} bytes"
+            )
+        key = options.pop("key", None)
+        partition = options.pop("partition", None)
+        if options:
+            raise TypeError(f"unknown kafka publish option(s): {', '.join(sorted(options))}")
+        if key is None and partition is None and message.headers:
+            # The frames of one RPC stream share a partition, so they keep their order.
+            key = message.headers.get(_STREAM_HEADER)
+        if isinstance(key, str):
+            key = key.encode()
+        headers = [(k, v.encode()) for k, v in message.headers.items()] if message.headers else None
+        if not known:
+            try:
+                await self._ensure_topic(topic)
+            except AioKafkaError as exc:
+                raise PublishError(f"kafka topic {topic!r} could not be created: {exc}") from exc
+        producer = self._producer
+        if producer is None:
+            raise NotConnected("kafka broker is not connected: call connect() first")
+        try:
+            future = await producer.send(
+                topic,
+                body if type(body) is bytes else bytes(body),
+                key=key,
+                partition=partition,
+                headers=headers,
+            )
+            if self.settings.confirm:
+                await future
+        except AioKafkaError as exc:
+            # The topic may have gone with a server that lost its storage: check it again.
+            self._topics.discard(topic)
+            if not self._connected:
+                raise NotConnected("kafka broker disconnected while publishing") from exc
+            raise PublishError(f"kafka publish to {topic!r} failed: {exc}") from exc
+
+    async def subscribe(
+        self,
+        topic: str,
+        handler: Handler,
+        *,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        **options: Any,
+    ) -> KafkaSubscriber:
+        self._check_subscribe(topic)
+        check_kafka_topic(topic)
+        if queue is not None and (type(queue) is not str or not _TOPIC(queue)):
+            raise ValueError(f"invalid kafka queue (group) name {queue!r}")
+        settings = self.settings
+        if options:
+            fields = set(options) - _OPTION_NAMES
+            if fields:
+                raise TypeError(f"unknown kafka subscribe option(s): {', '.join(sorted(fields))}")
+            settings = KafkaOptions(**{**_as_dict(settings), **options})
+        try:
+            await self._ensure_topic(topic)
+        except AioKafkaError as exc:
+            raise SubscribeError(f"kafka topic {topic!r} could not be created: {exc}") from exc
+        sub = KafkaSubscriber(self, topic, handler, queue, auto_ack, settings)
+        try:
+            await sub._start()
+        except AioKafkaError as exc:
+            raise SubscribeError(f"kafka subscription to {topic!r} failed: {exc}") from exc
+        self._subscribers.add(sub)
+        return sub
+
+
+def _as_dict(settings: KafkaOptions) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in _OPTION_NAMES}
+
+
+def new_group_name() -> str:
+    """A group name no other subscription uses (for a private group of one's own)."""
+    return f"microbroker-{uuid.uuid4().hex}"

@@ -1,0 +1,16 @@
+"""The plugin module named by the ``microbroker`` entry point: it registers the ``kafka`` broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from microbroker import hookimpl
+
+
+@hookimpl
+def register_brokers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Offer the ``kafka`` broker (``MICRO_BROKER=kafka``)."""
+    from .broker import KafkaBroker
+
+    register("kafka", KafkaBroker)

@@ -1,0 +1,1035 @@
+"""The MQTT broker: MQTT 5 (or 3.1.1) on gmqtt, with persistent sessions and shared subscriptions.
+
+How microbroker's model maps onto MQTT:
+
+- a ``Message``'s headers travel as MQTT 5 user properties, the body as the
+  payload; under MQTT 3.1.1 (or ``envelope=True``) both travel in go-micro's
+  JSON envelope ``{"Header": {...}, "Body": "<base64>"}``, as go-micro's mqtt
+  plugin sends them;
+- ``subscribe(topic, queue=Q)`` is the shared subscription ``$share/Q/<topic>``;
+- ``+`` and ``#`` are the wildcards, ``/`` the level separator;
+- the session is persistent (clean start off), so the server keeps the
+  subscriptions and queues QoS 1/2 messages while the client is away.
+
+MQTT has no negative acknowledgement: the client acknowledges a message when
+it has received it, before the handler runs, and a server never redelivers
+within a live session. So ``nack()`` cannot bring a message back and the
+broker does not declare ``ack``; a handler error goes to the ``on_error``
+hooks. See the README's "Delivery guarantees".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import gmqtt  # type: ignore[import-untyped]
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311  # type: ignore[import-untyped]
+from gmqtt.mqtt.handler import MQTTConnectError  # type: ignore[import-untyped]
+from gmqtt.storage import PersistentStorage  # type: ignore[import-untyped]
+
+from microbroker import (
+    Broker,
+    Capabilities,
+    Delivery,
+    Handler,
+    InvalidTopic,
+    Message,
+    NotConnected,
+    PublishError,
+    Subscriber,
+    Wildcards,
+    dispatch,
+)
+
+from .errors import MqttAuthError, MqttConnectError, SubscribeError
+from .options import DEFAULT_ADDRESS, MqttOptions, check_qos, parse_address
+
+logger = logging.getLogger("microbroker.mqtt")
+
+WILDCARDS = Wildcards(separator="/", one="+", many="#")
+
+# CONNACK reason codes that mean "wrong credentials" (MQTT 3.1.1 and MQTT 5).
+_AUTH_CODES = {4, 5, 0x86, 0x87, 0x8C}
+# Packet ids left for SUBSCRIBE/UNSUBSCRIBE when publishes fill the server's window.
+_CONTROL_IDS = 4
+_MAX_SUBSCRIPTION_ID = 268_435_455
+
+
+class MqttBroker(Broker):
+    """A microbroker :class:`~microbroker.Broker` on an MQTT server (Mosquitto, EMQX, HiveMQ...).
+
+    ``address`` is ``mqtt://host:port`` (or ``mqtts://`` for TLS; a
+    ``user:password@`` part is taken as credentials). The other options are
+    the fields of :class:`~microbroker_mqtt.options.MqttOptions`, documented
+    in the README: ``protocol``, ``client_id``, ``clean_start``, ``qos``,
+    ``username``/``password``, ``tls``...
+
+    ``publish`` takes ``qos=``, ``retain=`` and ``confirm=`` (wait until the
+    server has the message); ``subscribe`` takes ``qos=``.
+    """
+
+    name = "mqtt"
+    default_address = DEFAULT_ADDRESS
+
+    def __init__(self, address: str | None = None, **options: Any) -> None:
+        super().__init__(address, **options)
+        self.settings = MqttOptions.from_arguments(options)
+        host, port, secure, user, password = parse_address(self._address)
+        self._host, self._port, self._secure = host, port, secure
+        if self.settings.username is None and user is not None:
+            self.settings.username, self.settings.password = user, password
+        self._client_id = self.settings.client_id or f"microbroker-{uuid.uuid4().hex}"
+        self._body_limit = self.settings.body_limit
+        self._envelope = self.settings.uses_envelope
+        self.capabilities = Capabilities(
+            queue_groups=True,
+            ack=False,
+            at_least_once=self.settings.qos >= 1,
+            persistence=False,
+            ordering=True,
+            reconnect=True,
+            wildcards=WILDCARDS,
+            max_message_size=self._body_limit,
+        )
+        self._client: Any = None
+        self._connected = False
+        self._inflight = _Inflight(self)
+        self._window = self.settings.max_inflight
+        self._room = asyncio.Event()
+        self._routes: dict[str, _Route] = {}
+        self._by_id: dict[int, _Route] = {}
+        self._next_id = 0
+        self._acks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
+        self._subs: set[MqttSubscriber] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._control = asyncio.Semaphore(_CONTROL_IDS)
+        self._pending = 0
+        self._reading_paused = False
+        self._online = asyncio.Event()
+        # Set when a publish is acknowledged, a handler finishes or the link drops, while
+        # disconnect() drains; the hot path only reads the flag.
+        self._progress = asyncio.Event()
+        self._draining = False
+        # A resumed session's queued messages arrive right behind the CONNACK, before the
+        # application has subscribed again: kept here until a subscription takes them.
+        self._orphans: deque[tuple[str, bytes, Mapping[str, Any]]] = deque()
+        self._resumed = False
+
+    # Connection ---------------------------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id: the ``client_id`` option, or a random one made for this broker."""
+        return self._client_id
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def client(self) -> Any:
+        """The underlying ``gmqtt.Client`` (``None`` before :meth:`connect`)."""
+        return self._client
+
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        s = self.settings
+        properties: dict[str, Any] = {}
+        if s.protocol == "5":
+            properties["session_expiry_interval"] = s.session_expiry
+        client = gmqtt.Client(
+            self._client_id,
+            clean_session=s.clean_start,
+            # MQTT has no nack, and gmqtt forces it under 3.1.1: ack on receipt, in order.
+            optimistic_acknowledgement=True,
+            persistent_storage=self._inflight,
+            logger=logger,
+            **properties,
+        )
+        client.set_config({"reconnect_retries": s.reconnect_retries, "reconnect_delay": 0})
+        _speed_up_property_parsing(client)
+        client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
+        if s.username is not None:
+            client.set_auth_credentials(s.username, s.password)
+        version = MQTTv50 if s.protocol == "5" else MQTTv311
+        where = f"{self._host}:{self._port}"
+        try:
+            await asyncio.wait_for(
+                client.connect(
+                    self._host,
+                    self._port,
+                    ssl=s.ssl_context(self._secure),
+                    keepalive=s.keepalive,
+                    version=version,
+                ),
+                s.connect_timeout,
+            )
+        except MQTTConnectError as exc:
+            await _abandon(client)
+            code = getattr(exc, "_code", None)
+            if code in _AUTH_CODES:
+                raise MqttAuthError(
+                    f"the MQTT server at {where} refused the credentials ({exc}): check "
+                    "username and password (MICRO_MQTT_USERNAME, MICRO_MQTT_PASSWORD)"
+                ) from None
+            raise MqttConnectError(
+                f"the MQTT server at {where} refused the connection ({exc})"
+            ) from None
+        except TimeoutError:
+            await _abandon(client)
+            raise MqttConnectError(
+                f"the MQTT server at {where} did not accept the connection within "
+                f"{s.connect_timeout}s: is it an MQTT server, and is TLS "
+                f"{'on' if s.ssl_context(self._secure) else 'off'} on both sides?"
+            ) from None
+        except OSError as exc:
+            await _abandon(client)
+            raise MqttConnectError(
+                f"cannot reach the MQTT server at {where}: {exc}. Is it running, and is the "
+                "address right? (address=... or MICRO_BROKER_ADDRESS=mqtt://host:port)"
+            ) from None
+        # Reconnection is paced by gmqtt from now on (the first attempt had none to wait for).
+        client.set_config(
+            {"reconnect_retries": s.reconnect_retries, "reconnect_delay": s.reconnect_delay}
+        )
+        self._client = client
+        self._connected = True
+        self._online.set()
+        self._room.set()
+
+    async def disconnect(self) -> None:
+        """Wait (up to ``drain_timeout``) for unacknowledged publishes and queued deliveries,
+        then close. A broker with a random client id ends its session on the server."""
+        if not self._connected:
+            return
+        self._connected = False
+        self._room.set()  # publishes waiting for room see the broker closed
+        client = self._client
+        timeout = self.settings.drain_timeout
+        self._draining = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain(), timeout)
+        finally:
+            self._draining = False
+        for sub in list(self._subs):
+            sub._stop()
+        self._subs.clear()
+        for task in list(self._background):
+            task.cancel()
+        properties: dict[str, Any] = {}
+        if self.settings.client_id is None:
+            # Nobody can resume a random id: end the session rather than leave it queueing.
+            if self.settings.protocol == "5":
+                properties["session_expiry_interval"] = 0
+            elif client.is_connected:
+                # MQTT 3.1.1 has no session expiry: unsubscribe instead. The UNSUBACKs come
+                # over the socket that _drain() paused (waiting for them there cost
+                # drain_timeout per disconnect); what else arrives now finds no subscriber
+                # and goes with the session.
+                self._resume_reading()
+                for route in list(self._routes.values()):
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._send_unsubscribe(route.filter), timeout)
+        self._routes.clear()
+        self._by_id.clear()
+        self._orphans.clear()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(**properties), timeout)
+        self._inflight.abandon("the broker was disconnected before the server acknowledged it")
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(NotConnected("the broker was disconnected"))
+        self._acks.clear()
+        self._online.clear()
+        self._client = None
+
+    async def _drain(self) -> None:
+        progress = self._progress
+        # The socket keeps being read until the server has acknowledged every publish...
+        while self._inflight.count and self._client.is_connected:
+            progress.clear()
+            await progress.wait()
+        # ...then what was already received gets handled; the rest stays in the session.
+        self._pause_reading()
+        while any(sub._busy for sub in self._subs):
+            progress.clear()
+            await progress.wait()
+
+    # Publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        message: Message,
+        *,
+        qos: int | None = None,
+        retain: bool = False,
+        confirm: bool = False,
+        **options: Any,
+    ) -> None:
+        """Publish ``message`` on ``topic``.
+
+        :param qos: 0, 1 or 2; the broker's ``qos`` option when ``None``.
+        :param retain: ask the server to keep the message for future subscribers.
+        :param confirm: return only when the server has acknowledged the message
+            (PUBACK / PUBCOMP). Without it a QoS 1/2 publish returns once the
+            message is in the in-flight window, from which it is resent after a
+            reconnect; :meth:`disconnect` waits for that window to empty.
+        """
+        self._check_publish(topic, message)
+        if options:
+            raise TypeError(
+                f"mqtt broker publish() takes qos, retain and confirm, not {', '.join(options)}"
+            )
+        if "+" in topic or "#" in topic:
+            raise InvalidTopic(f"MQTT cannot publish to a topic with wildcards: {topic!r}")
+        if topic.startswith("$"):
+            raise InvalidTopic(f"MQTT topics starting with '$' are reserved: {topic!r}")
+        if len(topic) > 16383 and len(topic.encode()) > 65535:
+            raise InvalidTopic("an MQTT topic is at most 65535 bytes of UTF-8")
+        qos = self.settings.qos if qos is None else check_qos(qos)
+        body = message.body
+        if len(body) > self._body_limit:
+            raise PublishError(
+                f"a {len(body)}-byte body is larger than the {self._body_limit} bytes an MQTT "
+                "message can carry here (max_message_size)"
+            )
+        if type(body) is not bytes:
+            body = bytes(body)
+        headers = message.headers
+        if self._envelope:
+            body = _envelope(headers, body)
+            properties = b""
+        elif headers:
+            properties = _user_properties(headers)
+        else:
+            properties = b""
+        if qos == 0:
+            self._send_publish(topic, body, properties, 0, retain)
+            return
+        inflight = self._inflight
+        if inflight.count >= self._window:
+            await self._wait_for_room()
+        waiter: asyncio.Future[None] | None = None
+        if confirm:
+            waiter = asyncio.get_running_loop().create_future()
+            inflight.next_waiter = waiter
+        try:
+            self._send_publish(topic, body, properties, qos, retain)
+        except OverflowError as exc:  # no packet id left: the server's window is full
+            raise PublishError(f"no MQTT packet id free for the publish: {exc}") from None
+        finally:
+            inflight.next_waiter = None
+        if waiter is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), self.settings.publish_timeout)
+            except TimeoutError:
+                raise PublishError(
+                    f"the MQTT server did not acknowledge the publish on {topic!r} within "
+                    f"{self.settings.publish_timeout}s; it is kept and resent on reconnect"
+                ) from None
+
+    def _send_publish(
+        self, topic: str, body: bytes, properties: bytes, qos: int, retain: bool
+    ) -> None:
+        """gmqtt's ``Client.publish``, with the packet built here.
+
+        gmqtt builds user properties through a generic, per-byte property codec
+        that cost more than the rest of a publish; the bytes are the same.
+        """
+        client = self._client
+        protocol = client._connection._protocol
+        topic_bytes = _encoded_topic(topic)
+        mqtt5 = self.settings.protocol == "5"
+        length = len(topic_bytes) + len(body)
+        if mqtt5:
+            length += _vbi_size(len(properties)) + len(properties)
+        if qos:
+            length += 2
+            mid = protocol.id_generator.next_id()
+        packet = bytearray((0x30 | (qos << 1) | (1 if retain else 0),))
+        packet += _vbi(length)
+        packet += topic_bytes
+        if qos:
+            packet += mid.to_bytes(2, "big")
+        if mqtt5:
+            packet += _vbi(len(properties))
+            packet += properties
+        packet += body
+        protocol.write_data(packet)
+        if qos:
+            client._persistent_storage.push_message(mid, packet)
+
+    async def _wait_for_room(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.publish_timeout
+        while self._inflight.count >= self._window:
+            if not self._connected:
+                raise NotConnected("the mqtt broker was disconnected while the publish waited")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise PublishError(
+                    f"{self._inflight.count} publishes are waiting for the MQTT server's "
+                    f"acknowledgement and none arrived within {self.settings.publish_timeout}s: "
+                    "is the server reachable? (publish_timeout, max_inflight)"
+                )
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), remaining)
+        if not self._connected:
+            raise NotConnected("the mqtt broker was disconnected while the publish waited")
+
+    def _released(self) -> None:
+        if self._inflight.count < self._window:
+            self._room.set()
+        if self._draining:
+            self._progress.set()
+
+    # Subscribing --------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        topic: str,
+        handler: Handler,
+        *,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        qos: int | None = None,
+        **options: Any,
+    ) -> MqttSubscriber:
+        """Call ``handler`` for every message on ``topic`` (``+`` and ``#`` allowed).
+
+        With ``queue`` the subscription is the shared subscription
+        ``$share/<queue>/<topic>``: each message goes to one member of the group.
+        ``qos`` (0, 1, 2) is the highest QoS the server uses to deliver.
+        """
+        self._check_subscribe(topic)
+        if options:
+            raise TypeError(f"mqtt broker subscribe() takes qos, not {', '.join(options)}")
+        check_filter(topic)
+        if queue is not None and (not queue or any(c in queue for c in "/+#")):
+            raise InvalidTopic(
+                f"a queue name is the MQTT share name: non-empty, without '/', '+', '#': {queue!r}"
+            )
+        qos = self.settings.qos if qos is None else check_qos(qos)
+        mqtt_filter = f"$share/{queue}/{topic}" if queue else topic
+        route = self._routes.get(mqtt_filter)
+        sub = MqttSubscriber(self, topic, handler, queue, auto_ack, mqtt_filter)
+        if route is not None:
+            route.subs.append(sub)
+            self._subs.add(sub)
+            return sub
+        route = _Route(mqtt_filter, topic, self._new_id(), qos)
+        route.subs.append(sub)
+        # Registered before SUBSCRIBE: the first message may come right behind the SUBACK.
+        self._routes[mqtt_filter] = route
+        self._by_id[route.id] = route
+        self._subs.add(sub)
+        if self._orphans:
+            self._adopt(route)
+        try:
+            codes = await self._send_subscribe(route)
+        except BaseException:
+            self._drop_route(route)
+            sub._stop()
+            raise
+        if not codes or codes[0] >= 0x80:
+            self._drop_route(route)
+            sub._stop()
+            code = codes[0] if codes else None
+            hint = " (shared subscriptions need MQTT 5 or a server that supports them)"
+            raise SubscribeError(
+                f"the MQTT server refused the subscription to {mqtt_filter!r} "
+                f"(reason code {code:#x}){hint if queue else ''}"
+                if code is not None
+                else f"the MQTT server refused the subscription to {mqtt_filter!r}"
+            )
+        return sub
+
+    def _new_id(self) -> int:
+        self._next_id = self._next_id % _MAX_SUBSCRIPTION_ID + 1
+        return self._next_id
+
+    async def _send_subscribe(self, route: _Route) -> tuple[int, ...]:
+        # At most _CONTROL_IDS SUBSCRIBE/UNSUBSCRIBE in flight: packet ids are shared
+        # with publishes and bounded by the server's receive maximum, so many
+        # subscriptions made at once wait their turn instead of running out of ids.
+        async with self._control:
+            client = self._client
+            kwargs: dict[str, Any] = {}
+            if self.settings.protocol == "5":
+                kwargs["subscription_identifier"] = route.id
+            mid = client.subscribe(gmqtt.Subscription(route.filter, qos=route.qos), **kwargs)
+            return await self._wait_ack(mid, f"SUBACK for {route.filter!r}")
+
+    async def _send_unsubscribe(self, mqtt_filter: str) -> None:
+        async with self._control:
+            await self._send_unsubscribe_now(mqtt_filter)
+
+    async def _send_unsubscribe_now(self, mqtt_filter: str) -> None:
+        client = self._client
+        if mqtt_filter.isascii():
+            mid = client.unsubscribe(mqtt_filter)
+        else:
+            # gmqtt sizes an UNSUBSCRIBE by the characters of a str filter, not its UTF-8
+            # bytes, and the server drops the connection on the malformed packet.
+            client._remove_subscriptions(mqtt_filter)
+            mid = client._connection.unsubscribe(mqtt_filter.encode())
+        await self._wait_ack(mid, f"UNSUBACK for {mqtt_filter!r}")
+
+    async def _wait_ack(self, mid: int, what: str) -> tuple[int, ...]:
+        future: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
+        self._acks[mid] = future
+        try:
+            return await asyncio.wait_for(future, self.settings.publish_timeout)
+        except TimeoutError:
+            raise SubscribeError(
+                f"no {what} from the MQTT server within {self.settings.publish_timeout}s"
+            ) from None
+        finally:
+            self._acks.pop(mid, None)
+
+    def _drop_route(self, route: _Route) -> None:
+        if self._routes.get(route.filter) is route:
+            del self._routes[route.filter]
+        self._by_id.pop(route.id, None)
+
+    async def _unsubscribe(self, sub: MqttSubscriber) -> None:
+        self._subs.discard(sub)
+        route = self._routes.get(sub.filter)
+        if route is None or sub not in route.subs:
+            return
+        route.subs.remove(sub)
+        if route.subs:
+            return
+        self._drop_route(route)
+        if self._connected and self._client is not None and self._client.is_connected:
+            await self._send_unsubscribe(route.filter)
+
+    # gmqtt callbacks ----------------------------------------------------------------
+
+    def _on_message(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
+    ) -> int:
+        ids = properties.get("subscription_identifier")
+        if ids:
+            by_id = self._by_id
+            routes = [route for i in ids if (route := by_id.get(i)) is not None]
+        else:
+            # MQTT 3.1.1 (or a server that leaves the identifiers out): match locally.
+            routes = [r for r in self._routes.values() if r.matches(topic)]
+        if not routes:
+            if self._resumed:
+                self._keep_orphan(topic, payload, properties)
+            return 0
+        message = self._decode(payload, properties)
+        first = True
+        for route in routes:
+            for sub in route.subs:
+                if first:
+                    sub._push(Delivery(topic, message, queue=sub.queue))
+                    first = False
+                else:  # each handler gets headers of its own to change
+                    copy = Message(message.body, dict(message.headers))
+                    sub._push(Delivery(topic, copy, queue=sub.queue))
+        return 0
+
+    def _keep_orphan(self, topic: str, payload: bytes, properties: Mapping[str, Any]) -> None:
+        orphans = self._orphans
+        if len(orphans) >= self.settings.max_pending:
+            dropped, _, _ = orphans.popleft()
+            logger.warning(
+                "mqtt: more than %d messages of the resumed session wait for a subscription; "
+                "dropping the oldest (on %r)",
+                self.settings.max_pending,
+                dropped,
+            )
+        orphans.append((topic, payload, properties))
+
+    def _adopt(self, route: _Route) -> None:
+        """Hand the new subscription what the resumed session delivered before it existed."""
+        kept: deque[tuple[str, bytes, Mapping[str, Any]]] = deque()
+        for topic, payload, properties in self._orphans:
+            if route.matches(topic):
+                message = self._decode(payload, properties)
+                for sub in route.subs:
+                    sub._push(Delivery(topic, message, queue=sub.queue))
+            else:
+                kept.append((topic, payload, properties))
+        self._orphans = kept
+
+    def _decode(self, payload: bytes, properties: Mapping[str, Any]) -> Message:
+        if self._envelope:
+            decoded = _unwrap(payload)
+            if decoded is not None:
+                return decoded
+            # Not an envelope (a device publishing plain MQTT): the payload as it is.
+            return Message(payload, {})
+        pairs = properties.get("user_property")
+        return Message(payload, dict(pairs) if pairs else {})
+
+    def _on_connect(self, client: Any, session_present: int, rc: int, properties: Any) -> None:
+        if not self._connected:  # the first connection: is there a session to resume?
+            self._resumed = bool(session_present)
+        # The callback's client: self._client is not set yet during the first connect.
+        transport = getattr(getattr(client, "_connection", None), "_transport", None)
+        if transport is not None:
+            _coalesce_writes(transport)
+        values = properties.get("receive_maximum") if isinstance(properties, dict) else None
+        if values:
+            receive_maximum = int(values[0])
+            self._window = max(1, min(self.settings.max_inflight, receive_maximum - _CONTROL_IDS))
+        self._reading_paused = False
+        if self._pending > self.settings.max_pending:
+            self._pause_reading()
+        if not session_present and self._routes:
+            # The server lost the session (expired, or restarted without persistence).
+            task = asyncio.get_running_loop().create_task(self._resubscribe())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._room.set()
+
+    async def _resubscribe(self) -> None:
+        for route in list(self._routes.values()):
+            try:
+                await self._send_subscribe(route)
+            except Exception as exc:  # reported; the next reconnect tries again
+                logger.warning("mqtt: resubscribing to %r failed: %s", route.filter, exc)
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        self._progress.set()  # a drain stops waiting for acknowledgements that cannot come
+        if self._connected:
+            logger.info("mqtt: connection to %s:%s lost; reconnecting", self._host, self._port)
+
+    def _on_subscribe(self, client: Any, mid: int, codes: Any, properties: Any) -> None:
+        future = self._acks.get(mid)
+        if future is not None and not future.done():
+            future.set_result(tuple(codes))
+
+    def _on_unsubscribe(self, client: Any, mid: int, codes: Any) -> None:
+        future = self._acks.get(mid)
+        if future is not None and not future.done():
+            future.set_result(tuple(codes or ()))
+
+    # Flow control of deliveries ----------------------------------------------------
+
+    def _received(self) -> None:
+        self._pending += 1
+        if self._pending > self.settings.max_pending and not self._reading_paused:
+            self._pause_reading()
+
+    def _handled(self) -> None:
+        self._pending -= 1
+        if (
+            self._reading_paused
+            and self._pending <= self.settings.max_pending // 2
+            and self._connected
+        ):
+            self._resume_reading()
+
+    def _transport(self) -> Any:
+        # gmqtt has no flow control of its own: pause the socket under it.
+        connection = getattr(self._client, "_connection", None)
+        return getattr(connection, "_transport", None)
+
+    def _pause_reading(self) -> None:
+        transport = self._transport()
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(Exception):
+                transport.pause_reading()
+        self._reading_paused = True
+
+    def _resume_reading(self) -> None:
+        transport = self._transport()
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(Exception):
+                transport.resume_reading()
+        self._reading_paused = False
+
+
+class MqttSubscriber(Subscriber):
+    """A subscription of :class:`MqttBroker`: its handler runs on one task, in arrival order."""
+
+    def __init__(
+        self,
+        broker: MqttBroker,
+        topic: str,
+        handler: Handler,
+        queue: str | None,
+        auto_ack: bool,
+        mqtt_filter: str,
+    ) -> None:
+        super().__init__(topic, queue, auto_ack)
+        self.filter = mqtt_filter
+        """The MQTT topic filter subscribed to (``$share/<queue>/<topic>`` for a queue group)."""
+        self._broker = broker
+        self._handler = handler
+        self._queue: deque[Delivery] = deque()
+        self._wake = asyncio.Event()
+        self._idle = False
+        self._active = True
+        self._running = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @property
+    def _busy(self) -> bool:
+        return bool(self._queue) or self._running
+
+    async def unsubscribe(self) -> None:
+        if not self._active:
+            return
+        self._stop()
+        await self._broker._unsubscribe(self)
+
+    def _stop(self) -> None:
+        self._active = False
+        broker = self._broker
+        for _ in range(len(self._queue)):
+            broker._handled()
+        self._queue.clear()
+        self._task.cancel()
+
+    def _push(self, delivery: Delivery) -> None:
+        if not self._active:
+            return
+        self._queue.append(delivery)
+        self._broker._received()
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    async def _run(self) -> None:
+        queue = self._queue
+        broker = self._broker
+        handler = self._handler
+        auto_ack = self.auto_ack
+        while True:
+            if not queue:
+                self._wake.clear()
+                self._idle = True
+                await self._wake.wait()
+                continue
+            delivery = queue.popleft()
+            self._running = True
+            broker._handled()
+            try:
+                await dispatch(handler, delivery, auto_ack)
+            except Exception:  # dispatch reports handler errors; this is the hook failing
+                logger.exception("mqtt: delivery on %r failed", delivery.topic)
+            finally:
+                self._running = False
+                if broker._draining:
+                    broker._progress.set()
+
+
+class _Route:
+    """One MQTT subscription (topic filter) and the local subscribers that share it."""
+
+    __slots__ = ("filter", "id", "levels", "literal", "qos", "subs", "topic")
+
+    def __init__(self, mqtt_filter: str, topic: str, subscription_id: int, qos: int) -> None:
+        self.filter = mqtt_filter
+        self.topic = topic
+        self.id = subscription_id
+        self.qos = qos
+        self.subs: list[MqttSubscriber] = []
+        self.literal = "+" not in topic and "#" not in topic
+        self.levels = topic.split("/")
+
+    def matches(self, topic: str) -> bool:
+        if self.literal:
+            return topic == self.topic
+        if topic.startswith("$"):
+            return False
+        levels = topic.split("/")
+        for i, level in enumerate(self.levels):
+            if level == "#":
+                return True
+            if i >= len(levels) or (level != "+" and level != levels[i]):
+                return False
+        return len(levels) == len(self.levels)
+
+
+class _Inflight(PersistentStorage):  # type: ignore[misc]
+    """gmqtt's store of unacknowledged QoS 1/2 publishes, which is also the publish window.
+
+    gmqtt pushes each QoS 1/2 packet here when it sends it, removes it on
+    PUBACK/PUBCOMP and replays what is left after a reconnect. Watching it gives
+    the broker flow control and ``confirm=True`` without a second bookkeeping.
+    """
+
+    def __init__(self, broker: MqttBroker) -> None:
+        super().__init__()
+        self._broker = broker
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self.next_waiter: asyncio.Future[None] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self._messages)
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        # A PUBREC swaps the PUBLISH for its PUBREL under the same id: not a new message.
+        waiter = self.next_waiter
+        if waiter is not None and mid not in self._messages:
+            self._waiters[mid] = waiter
+            self.next_waiter = None
+        super().push_message(mid, raw_package)
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        if mid not in self._messages:
+            return
+        super().remove_message_by_mid(mid)
+        waiter = self._waiters.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._broker._released()
+
+    def clear(self) -> None:
+        if self._messages:
+            # gmqtt clears the store when the server says it has no session for us.
+            logger.warning(
+                "mqtt: the server did not keep the session; %d unacknowledged publishes are lost",
+                len(self._messages),
+            )
+        super().clear()
+        self._fail("the MQTT server lost the session before acknowledging the publish")
+        self._broker._released()
+
+    def abandon(self, reason: str) -> None:
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            if not waiter.done():
+                waiter.set_exception(PublishError(reason))
+
+
+def check_filter(topic: str) -> None:
+    """Raise :class:`InvalidTopic` for an MQTT topic filter that a server would refuse."""
+    if topic.startswith("$share/"):
+        raise InvalidTopic(
+            f"subscribe to {topic[7:]!r} with queue=... instead of the '$share/' prefix"
+        )
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise InvalidTopic(f"'#' must be a whole last level of the topic filter: {topic!r}")
+        if "+" in level and level != "+":
+            raise InvalidTopic(f"'+' must be a whole level of the topic filter: {topic!r}")
+    if len(topic.encode()) > 65535:
+        raise InvalidTopic("an MQTT topic filter is at most 65535 bytes of UTF-8")
+
+
+def _envelope(headers: Mapping[str, str], body: bytes) -> bytes:
+    """go-micro's broker.Message as Go's encoding/json writes it: Header map, Body base64."""
+    return json.dumps(
+        {"Header": headers, "Body": base64.b64encode(body).decode("ascii")},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def _unwrap(payload: bytes) -> Message | None:
+    try:
+        value = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    header = value.get("Header") or {}
+    body = value.get("Body") or ""
+    if not isinstance(header, dict) or not isinstance(body, str):
+        return None
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return Message(raw, {str(k): str(v) for k, v in header.items()})
+
+
+_TOPICS: dict[str, bytes] = {}
+_KEYS: dict[str, bytes] = {}
+
+
+def _encoded_topic(topic: str) -> bytes:
+    """The topic as an MQTT UTF-8 string (two-byte length, then the bytes), cached."""
+    encoded = _TOPICS.get(topic)
+    if encoded is None:
+        raw = topic.encode()
+        encoded = len(raw).to_bytes(2, "big") + raw
+        if len(_TOPICS) >= 4096:
+            _TOPICS.clear()
+        _TOPICS[topic] = encoded
+    return encoded
+
+
+def _user_properties(headers: Mapping[str, str]) -> bytes:
+    """Headers as MQTT 5 user properties (id 0x26, then name and value as UTF-8 strings)."""
+    parts: list[bytes] = []
+    keys = _KEYS
+    for name, value in headers.items():
+        key = keys.get(name)
+        if key is None:
+            raw = name.encode()
+            key = b"\x26" + len(raw).to_bytes(2, "big") + raw
+            if len(keys) < 1024:
+                keys[name] = key
+        data = value.encode()
+        parts.append(key)
+        parts.append(len(data).to_bytes(2, "big"))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _vbi(value: int) -> bytes:
+    """An MQTT variable byte integer."""
+    if value < 128:
+        return _SMALL_VBI[value]
+    out = bytearray()
+    while True:
+        value, digit = divmod(value, 128)
+        if value:
+            out.append(digit | 0x80)
+        else:
+            out.append(digit)
+            return bytes(out)
+
+
+_SMALL_VBI = [bytes((n,)) for n in range(128)]
+
+
+def _vbi_size(value: int) -> int:
+    return 1 if value < 128 else 2 if value < 16_384 else 3 if value < 2_097_152 else 4
+
+
+def _speed_up_property_parsing(client: Any) -> None:
+    """Parse the properties of incoming packets without gmqtt's generic codec when they
+    are only user properties and subscription identifiers (what this broker's messages
+    carry); anything else goes to gmqtt's own parser. The result has gmqtt's shape."""
+    handler = client._package_handler
+    generic = handler._parse_properties
+    state = handler._connection_state
+
+    def parse(packet: bytes) -> tuple[dict[str, Any] | None, bytes | None]:
+        if state.protocol_version < MQTTv50:
+            return {}, packet
+        size = packet[0] if packet else 0
+        if size >= 128:
+            return generic(packet)  # type: ignore[no-any-return]
+        end = 1 + size
+        i = 1
+        users: list[tuple[str, str]] = []
+        ids: list[int] = []
+        try:
+            while i < end:
+                kind = packet[i]
+                if kind == 0x26:
+                    n = (packet[i + 1] << 8) | packet[i + 2]
+                    j = i + 3 + n
+                    m = (packet[j] << 8) | packet[j + 1]
+                    k = j + 2 + m
+                    users.append((packet[i + 3 : j].decode(), packet[j + 2 : k].decode()))
+                    i = k
+                elif kind == 0x0B:
+                    value, shift = 0, 0
+                    i += 1
+                    while True:
+                        byte = packet[i]
+                        value |= (byte & 0x7F) << shift
+                        i += 1
+                        if not byte & 0x80:
+                            break
+                        shift += 7
+                    ids.append(value)
+                else:
+                    return generic(packet)  # type: ignore[no-any-return]
+        except (IndexError, UnicodeDecodeError):
+            return generic(packet)  # type: ignore[no-any-return]
+        if i != end:
+            return generic(packet)  # type: ignore[no-any-return]
+        properties: dict[str, Any] = {}
+        if users:
+            properties["user_property"] = users
+        if ids:
+            properties["subscription_identifier"] = ids
+        return properties, packet[end:]
+
+    handler._parse_properties = parse
+
+
+#: Bytes gathered before a write goes out without waiting for the end of the loop iteration.
+_COALESCE_LIMIT = 64 * 1024
+
+
+def _coalesce_writes(transport: Any) -> None:
+    """Gather the packets written in one event-loop iteration into one socket send.
+
+    gmqtt writes every PUBLISH and every PUBACK to the transport on its own, and
+    asyncio makes each a ``send()`` system call: at QoS 1 that was a fifth of the
+    time of a publish->deliver round. A publisher that does not wait (its window is
+    open) now fills one buffer that goes out when the loop next runs its callbacks,
+    or at ``_COALESCE_LIMIT`` bytes; ``close()`` and ``abort()`` send what is left
+    first, so a DISCONNECT written just before is not lost.
+    """
+    if getattr(transport, "_microbroker_coalesced", False):
+        return
+    loop = asyncio.get_running_loop()
+    write = transport.write
+    close = transport.close
+    buffer = bytearray()
+    scheduled = False
+
+    def flush() -> None:
+        nonlocal scheduled
+        scheduled = False
+        if buffer:
+            data = bytes(buffer)
+            buffer.clear()
+            if not transport.is_closing():
+                write(data)
+
+    def buffered_write(data: bytes) -> None:
+        nonlocal scheduled
+        buffer.extend(data)
+        if len(buffer) >= _COALESCE_LIMIT:
+            flush()
+        elif not scheduled:
+            scheduled = True
+            loop.call_soon(flush)
+
+    def flushing_close() -> None:
+        flush()
+        close()
+
+    transport.write = buffered_write
+    transport.close = flushing_close
+    transport._microbroker_coalesced = True
+
+
+async def _abandon(client: Any) -> None:
+    """Stop a client whose first connection failed, so that gmqtt does not retry it forever."""
+    with contextlib.suppress(Exception):
+        client.stop_reconnect()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.disconnect(), 1.0)

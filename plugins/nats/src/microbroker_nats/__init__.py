@@ -1,0 +1,39 @@
+"""microbroker-nats: the NATS broker for microbroker, core NATS and JetStream.
+
+Install it next to ``microbroker`` and select it by name::
+
+    MICRO_BROKER=nats MICRO_BROKER_ADDRESS=nats://10.0.0.1:4222,nats://10.0.0.2:4222
+
+or ``microbroker.get_broker("nats", address=..., jetstream=True)``.
+"""
+
+from __future__ import annotations
+
+from .broker import NatsBroker, NatsDelivery, NatsSubscriber, Responder, durable_name
+from .errors import (
+    NatsAuthError,
+    NatsConnectError,
+    NatsError,
+    NoResponders,
+    RequestTimeout,
+    StreamError,
+)
+from .options import NatsOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NatsAuthError",
+    "NatsBroker",
+    "NatsConnectError",
+    "NatsDelivery",
+    "NatsError",
+    "NatsOptions",
+    "NatsSubscriber",
+    "NoResponders",
+    "RequestTimeout",
+    "Responder",
+    "StreamError",
+    "__version__",
+    "durable_name",
+]

@@ -1,0 +1,522 @@
+"""nats-py's client with a faster header path: the same wire format and the same checks.
+
+Every typed Event carries three headers (``Content-Type``, ``Micro-Topic``,
+``Micro-Id``), and nats-py encodes and parses headers with per-character Python
+work that costs more than the rest of a publish->deliver together. This client
+overrides the two routines that do it (both private to nats-py, so the
+override is checked against the installed version and dropped when they are
+missing): header names are validated once and their encoding cached, values
+are only translated when they hold CR or LF, and names are decoded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client, _validate_subject
+from nats.aio.subscription import Subscription
+from nats.errors import BadHeaderError, BadSubjectError, MaxPayloadError, ProtocolError
+from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
+from nats.protocol.parser import AWAITING_MSG_PAYLOAD as _AWAITING_MSG_PAYLOAD
+from nats.protocol.parser import MAX_CONTROL_LINE_SIZE as _MAX_CONTROL_LINE
+from nats.protocol.parser import Parser
+
+logger = logging.getLogger("microbroker.nats")
+
+_CRLF = b"\r\n"
+_HEADER_LINE = b"NATS/1.0\r\n"
+# The token characters of RFC 7230, as nats-py itself accepts for a header name.
+_HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+_CACHE_LIMIT = 4096
+
+# Header name (as given) -> b"Name: ", or b"" for a name nats-py skips (blank).
+_encoded_names: dict[str, bytes] = {}
+# Header name (raw bytes from the wire) -> str, or "" for a name nats-py drops.
+_decoded_names: dict[bytes, str] = {}
+# Subject (raw bytes from the wire) -> str.
+_subjects: dict[bytes, str] = {}
+# Whole header lines that repeat (Content-Type, Micro-Topic), both ways.
+_encoded_lines: dict[tuple[str, str], bytes] = {}
+_parsed_lines: dict[bytes, tuple[str, str]] = {}
+_CACHED_VALUE = 200
+# Headers unique to each message: caching them would only churn the caches.
+_UNIQUE_NAMES = frozenset({"Micro-Id", "Nats-Msg-Id", "micro-id", "MICRO-ID"})
+
+
+def encode_headers(headers: dict[str, str]) -> bytes:
+    """The NATS header block for ``headers``, byte for byte as nats-py writes it."""
+    parts = [_HEADER_LINE]
+    append = parts.append
+    names = _encoded_names
+    lines = _encoded_lines
+    for name, value in headers.items():
+        line = lines.get((name, value))
+        if line is not None:
+            append(line)
+            continue
+        prefix = names.get(name)
+        if prefix is None:
+            key = name.strip()
+            if key and not _HEADER_KEY.fullmatch(key):
+                raise BadHeaderError(key)
+            prefix = (key.encode() + b": ") if key else b""
+            if len(names) < _CACHE_LIMIT:
+                names[name] = prefix
+        if not prefix:
+            continue
+        text = value.strip()
+        if "\r" in text or "\n" in text:
+            text = text.translate(_NEWLINES)
+        line = prefix + text.encode() + _CRLF
+        append(line)
+        if len(value) <= _CACHED_VALUE and name not in _UNIQUE_NAMES:
+            # Content-Type and Micro-Topic repeat from one message to the next.
+            if len(lines) >= _CACHE_LIMIT:
+                lines.clear()
+            lines[(name, value)] = line
+    append(_CRLF)
+    return b"".join(parts)
+
+
+def parse_header_lines(raw: bytes) -> dict[str, str]:
+    """Parse ``Name: Value`` lines as nats-py does (names ASCII tokens, values UTF-8)."""
+    out: dict[str, str] = {}
+    known = _parsed_lines
+    names = _decoded_names
+    for line in raw.split(_CRLF):
+        pair = known.get(line)
+        if pair is not None:
+            out[pair[0]] = pair[1]
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        key = names.get(name)
+        if key is None:
+            key = _decode_name(name)
+            if len(names) < _CACHE_LIMIT:
+                names[name] = key
+        if key:
+            text = out[key] = value.strip().decode("utf-8", "replace")
+            if len(line) <= _CACHED_VALUE and key not in _UNIQUE_NAMES:
+                if len(known) >= _CACHE_LIMIT:
+                    known.clear()
+                known[line] = (key, text)
+    return out
+
+
+def _decode_name(name: bytes) -> str:
+    try:
+        key = name.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+    # A name with whitespace inside is invalid; nats-py drops it.
+    if len(key.split()) != 1:
+        return ""
+    return key
+
+
+class FastParser(Parser):
+    """nats-py's protocol parser with a fast path for MSG and HMSG, the per-message operations.
+
+    A message is cut out of the buffer with one search for its control line's
+    end and one split, instead of trying regular expressions in turn. Every
+    other operation (PING, PONG, INFO, +OK, -ERR) goes to nats-py's parser.
+    """
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        nc = self.nc
+        while buf:
+            if self.state == _AWAITING_MSG_PAYLOAD:
+                needed = self.needed
+                if len(buf) < needed + 2:
+                    return
+                hsize = self.header_needed
+                arg = self.msg_arg
+                if hsize:
+                    hdr: bytes | None = bytes(buf[:hsize])
+                    payload = bytes(buf[hsize:needed])
+                else:
+                    hdr = None
+                    payload = bytes(buf[:needed])
+                del buf[: needed + 2]
+                self.header_needed = 0
+                self.state = _AWAITING_CONTROL_LINE
+                await nc._process_msg(arg["sid"], arg["subject"], arg["reply"], payload, hdr)
+                if self.buf is not buf:  # reset by a reconnection meanwhile
+                    return
+                continue
+            first = buf[0]
+            if first != 77 and first != 72:  # neither "MSG" nor "HMSG"
+                await super().parse()
+                return
+            end = buf.find(_CRLF)
+            if end < 0:
+                if len(buf) > _MAX_CONTROL_LINE:
+                    raise ProtocolError("nats: control line too long")
+                return
+            args = bytes(buf[:end]).split()
+            count = len(args)
+            op = args[0]
+            try:
+                if op == b"MSG" and count == 4:
+                    subject, sid, reply, hsize, size = args[1], args[2], b"", 0, int(args[3])
+                elif op == b"MSG" and count == 5:
+                    subject, sid, reply, hsize, size = args[1], args[2], args[3], 0, int(args[4])
+                elif op == b"HMSG" and count == 5:
+                    subject, sid, reply = args[1], args[2], b""
+                    hsize, size = int(args[3]), int(args[4])
+                elif op == b"HMSG" and count == 6:
+                    subject, sid, reply = args[1], args[2], args[3]
+                    hsize, size = int(args[4]), int(args[5])
+                else:
+                    raise ValueError(op)
+                number = int(sid)
+            except ValueError:
+                raise ProtocolError("nats: malformed MSG") from None
+            start = end + 2
+            if len(buf) >= start + size + 2:
+                if hsize:
+                    hdr = bytes(buf[start : start + hsize])
+                    payload = bytes(buf[start + hsize : start + size])
+                else:
+                    hdr = None
+                    payload = bytes(buf[start : start + size])
+                del buf[: start + size + 2]
+                # A message for a microbroker subscription goes to its sink without a coroutine.
+                if not nc.deliver_to_sink(number, subject, reply, payload, hdr):
+                    await nc._process_msg(number, subject, reply, payload, hdr)
+                    if self.buf is not buf:
+                        return
+                continue
+            # The payload is still on its way: wait for it in nats-py's own state.
+            del buf[:start]
+            self.msg_arg["subject"] = subject
+            self.msg_arg["sid"] = number
+            self.msg_arg["reply"] = reply
+            self.needed = size
+            self.header_needed = hsize
+            self.state = _AWAITING_MSG_PAYLOAD
+
+
+OnMessage = Callable[[str, str, bytes, "dict[str, str] | None"], Awaitable[None]]
+"""What a subscription runs per message: ``(subject, reply, body, headers)``."""
+
+#: Messages a subscription may hold unhandled before new ones are dropped (core
+#: NATS's slow-consumer rule, as nats-py applies it); JetStream is bounded by max_ack_pending.
+PENDING_LIMIT = 512 * 1024
+_YIELD_EVERY = 256
+
+WRITE_DONE, WRITE_KICK, WRITE_FORCE, WRITE_FALLBACK = range(4)
+
+
+class Sink:
+    """The queue and worker of one subscription: messages are handled one at a time, in order."""
+
+    __slots__ = (
+        "_closed",
+        "_handling",
+        "_idle",
+        "_items",
+        "_on_message",
+        "_task",
+        "_waiter",
+        "dropped",
+    )
+
+    def __init__(self, on_message: OnMessage, name: str) -> None:
+        self._on_message = on_message
+        self._items: deque[tuple[str, str, bytes, dict[str, str] | None]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
+        self._handling = False
+        self._closed = False
+        self.dropped = 0
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
+
+    def push(self, item: tuple[str, str, bytes, dict[str, str] | None]) -> None:
+        items = self._items
+        if len(items) >= PENDING_LIMIT:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                logger.warning(
+                    "nats: slow consumer on %r: %d messages dropped, the handler is too slow",
+                    item[0],
+                    self.dropped,
+                )
+            return
+        items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _run(self) -> None:
+        items = self._items
+        on_message = self._on_message
+        loop = asyncio.get_running_loop()
+        count = 0
+        while not self._closed:
+            if not items:
+                idle = self._idle
+                if idle is not None and not idle.done():
+                    idle.set_result(None)
+                self._waiter = loop.create_future()
+                await self._waiter
+                self._waiter = None
+                continue
+            subject, reply, data, headers = items.popleft()
+            self._handling = True
+            try:
+                await on_message(subject, reply, data, headers)
+            except Exception:
+                logger.exception("nats: handling a message on %r failed", subject)
+            finally:
+                self._handling = False
+            count += 1
+            if count == _YIELD_EVERY:
+                # A handler that never suspends would otherwise starve every other task.
+                count = 0
+                await asyncio.sleep(0)
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        return self._task
+
+    async def join(self) -> None:
+        """Wait until every message pushed so far has been handled."""
+        if not self._items and not self._handling:
+            return
+        if asyncio.current_task() is self._task:
+            return  # from inside a handler: waiting for ourselves would never end
+        self._idle = asyncio.get_running_loop().create_future()
+        await self._idle
+
+    async def close(self) -> None:
+        """Stop the worker; messages not yet handled are dropped."""
+        self._closed = True
+        self._items.clear()
+        task = self._task
+        if task is asyncio.current_task() or task.done():
+            return
+        if self._handling:
+            # Let the running handler finish its message; the worker then sleeps and is cancelled.
+            await self.join()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class FastClient(Client):
+    """``nats.aio.client.Client`` with a lean path for microbroker's subscriptions and publishes.
+
+    Messages of a subscription made with :meth:`subscribe_sink` skip nats-py's
+    per-message ``Msg`` object and ``asyncio.Queue``: the reader hands them
+    (subject, reply, body, headers) to the subscription's :class:`Sink`.
+    :meth:`publish_fast` writes the protocol command directly while connected
+    and defers to :meth:`publish` otherwise (reconnect buffering, errors).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ps = FastParser(self)
+        self._sinks: dict[int, Sink] = {}
+        self._valid_subjects: set[str] = set()
+
+    async def subscribe_sink(self, subject: str, queue: str, sink: Sink) -> Subscription:
+        """Subscribe ``subject`` (in queue group ``queue``), delivering to ``sink``."""
+        # subscribe() takes the next sid before its first await, so no message can
+        # arrive for it before the sink is in place.
+        sid = self._sid + 1
+        self._sinks[sid] = sink
+        try:
+            sub = await self.subscribe(subject, queue=queue)
+        except BaseException:
+            self._sinks.pop(sid, None)
+            raise
+        if sub._id != sid:  # pragma: no cover - nats-py changed how it numbers subscriptions
+            self._sinks.pop(sid, None)
+            self._sinks[sub._id] = sink
+        return sub
+
+    def release_sink(self, sub: Subscription) -> None:
+        self._sinks.pop(sub._id, None)
+
+    def deliver_to_sink(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> bool:
+        """Hand a message to its subscription's sink; ``False`` when it has none."""
+        sink = self._sinks.get(sid)
+        if sink is None or sid not in self._subs:
+            return False
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        name = _subjects.get(subject)
+        if name is None:
+            name = subject.decode()
+            if len(_subjects) < _CACHE_LIMIT:
+                _subjects[subject] = name
+        parsed: dict[str, str] | None = None
+        if headers:
+            if headers[8:9] == b" ":
+                return True  # a status message (heartbeat, flow control): none is asked for
+            parsed = parse_header_lines(headers[10:])
+        sink.push((name, reply.decode() if reply else "", data, parsed))
+        return True
+
+    async def _process_msg(
+        self,
+        sid: int,
+        subject: bytes,
+        reply: bytes,
+        data: bytes,
+        headers: bytes | None,
+    ) -> None:
+        if not self.deliver_to_sink(sid, subject, reply, data, headers):
+            # nats-py passes None for "no headers" although its annotation says bytes.
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+
+    def write_publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> int:
+        """Queue a publish without awaiting: the per-message part of :meth:`publish`.
+
+        Returns ``WRITE_FALLBACK`` when not connected (the caller then awaits
+        :meth:`publish`, which buffers while reconnecting or raises), else
+        ``WRITE_DONE``, or ``WRITE_KICK`` / ``WRITE_FORCE`` when the caller must
+        await :meth:`kick` so that the flusher writes (or drains) the buffer.
+        """
+        flush_queue = self._flush_queue
+        if self._status != Client.CONNECTED or flush_queue is None:
+            return WRITE_FALLBACK
+        if subject not in self._valid_subjects:
+            _validate_subject(subject)
+            if len(self._valid_subjects) < _CACHE_LIMIT:
+                self._valid_subjects.add(subject)
+        size = len(payload)
+        if size > self._max_payload:
+            raise MaxPayloadError
+        if headers:
+            hdr = encode_headers(headers)
+            hdr_len = len(hdr)
+            command = (
+                f"HPUB {subject}  {hdr_len} {hdr_len + size}\r\n".encode() + hdr + payload + _CRLF
+            )
+        else:
+            command = f"PUB {subject}  {size}\r\n".encode() + payload + _CRLF
+        self._pending.append(command)
+        self._pending_data_size += len(command)
+        stats = self.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += size
+        if self._max_pending_size > 0 and self._pending_data_size > self._max_pending_size:
+            return WRITE_FORCE
+        if flush_queue.empty():
+            return WRITE_KICK
+        return WRITE_DONE
+
+    async def kick(self, force: bool) -> None:
+        """Wake the flusher after :meth:`write_publish` (``force``: wait until it wrote)."""
+        await self._flush_pending(force_flush=force)
+
+    async def publish_fast(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> None:
+        """Publish like :meth:`publish`, with less work per message while connected."""
+        state = self.write_publish(subject, payload, headers)
+        if state == WRITE_DONE:
+            return
+        if state == WRITE_FALLBACK:
+            await self.publish(subject, payload, headers=headers)
+        else:
+            await self._flush_pending(force_flush=state == WRITE_FORCE)
+
+    async def _send_publish(
+        self,
+        subject: str,
+        reply: str,
+        payload: bytes,
+        payload_size: int,
+        headers: dict[str, Any] | None,
+    ) -> None:
+        if headers is None:
+            await super()._send_publish(subject, reply, payload, payload_size, headers)
+            return
+        if not subject:
+            raise BadSubjectError
+        hdr = encode_headers(headers)
+        hdr_len = len(hdr)
+        command = (
+            f"HPUB {subject} {reply} {hdr_len} {hdr_len + payload_size}\r\n".encode()
+            + hdr
+            + payload
+            + _CRLF
+        )
+        stats = self.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += payload_size
+        await self._send_command(command)
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+
+    _parse_header_lines = staticmethod(parse_header_lines)
+
+
+def _compatible() -> bool:
+    """Whether the installed nats-py still has the routines FastClient overrides."""
+    send = getattr(Client, "_send_publish", None)
+    parse = getattr(Client, "_parse_header_lines", None)
+    process = getattr(Client, "_process_msg", None)
+    needed = ("_subs", "_sid", "_pending", "_pending_data_size", "_flush_queue", "_status", "_ps")
+    parser = Parser()
+    if not all(hasattr(parser, name) for name in ("buf", "state", "needed", "header_needed")):
+        return False
+    probe = Client()
+    if send is None or parse is None or process is None:
+        return False
+    if not all(hasattr(probe, name) for name in needed):
+        return False
+    process_code = getattr(process, "__code__", None)
+    if process_code is None or process_code.co_varnames[:6] != (
+        "self",
+        "sid",
+        "subject",
+        "reply",
+        "data",
+        "headers",
+    ):
+        return False
+    code = getattr(send, "__code__", None)
+    return code is not None and code.co_varnames[:6] == (
+        "self",
+        "subject",
+        "reply",
+        "payload",
+        "payload_size",
+        "headers",
+    )
+
+
+_COMPATIBLE: bool | None = None
+
+
+def client_class(fast: bool = True) -> type[Client]:
+    """FastClient when asked for and the installed nats-py allows it, else nats-py's client."""
+    global _COMPATIBLE
+    if not fast:
+        return Client
+    if _COMPATIBLE is None:
+        _COMPATIBLE = _compatible()
+        if not _COMPATIBLE:
+            logger.warning(
+                "nats: this nats-py version differs from the one microbroker-nats was tuned "
+                "for; using its standard (slower) message path"
+            )
+    return FastClient if _COMPATIBLE else Client

@@ -1,0 +1,221 @@
+"""The options of the NATS broker: connection, authentication, TLS and JetStream.
+
+Every option is a keyword argument of :class:`~microbroker_nats.NatsBroker`
+(and so of ``microbroker.get_broker("nats", ...)``). An option not given as an
+argument is read from the environment variable ``MICRO_NATS_<OPTION>``
+(``MICRO_NATS_JETSTREAM=1``, ``MICRO_NATS_TOKEN=...``), so that a service
+configured only through its environment can use all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DEFAULT_ADDRESS = "nats://127.0.0.1:4222"
+ENV_PREFIX = "MICRO_NATS_"
+
+Storage = Literal["file", "memory"]
+DeliverPolicy = Literal["new", "all"]
+
+
+@dataclass(slots=True)
+class NatsOptions:
+    """The broker's settings. Defaults are the ones documented in the README."""
+
+    # Connection ---------------------------------------------------------------------
+    name: str | None = None
+    """The connection name shown by the server's monitoring."""
+    connect_timeout: float = 2.0
+    """Seconds to wait for one server to accept the connection."""
+    connect_attempts: int = 2
+    """Attempts per server on :meth:`connect` before it fails with a clear error."""
+    reconnect_time_wait: float = 0.5
+    """Seconds between reconnection attempts to one server."""
+    max_reconnect_attempts: int = -1
+    """Reconnection attempts per server after a connection is lost; -1 never gives up."""
+    ping_interval: float = 20.0
+    """Seconds between pings; two unanswered pings count as a lost connection."""
+    drain_timeout: float = 30.0
+    """Seconds :meth:`disconnect` waits for in-flight messages to be handled."""
+    pending_size: int = 2 * 1024 * 1024
+    """Bytes of publishes buffered while reconnecting; beyond it publish raises."""
+    max_payload: int = 1024 * 1024
+    """The server's ``max_payload`` assumed before connecting (its INFO replaces it)."""
+    fast_path: bool = True
+    """Use microbroker's lean message path over nats-py (same wire format); off: nats-py's own."""
+
+    # Authentication -----------------------------------------------------------------
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    nkey_seed: str | None = None
+    """Path of a file holding an NKey seed (``SU...``)."""
+    credentials: str | None = None
+    """Path of a ``.creds`` file (user JWT and NKey seed), as issued by ``nsc``."""
+
+    # TLS ----------------------------------------------------------------------------
+    tls: ssl.SSLContext | None = None
+    """A ready TLS context; or use the three file options below."""
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_hostname: str | None = None
+    tls_handshake_first: bool = False
+
+    # JetStream ----------------------------------------------------------------------
+    jetstream: bool = False
+    """At-least-once delivery through JetStream instead of core NATS."""
+    stream: str = "MICROBROKER"
+    """The stream the broker creates or binds to."""
+    subjects: Sequence[str] | None = None
+    """The stream's subjects. ``None``: each topic is added to the stream when first used."""
+    storage: Storage = "file"
+    replicas: int = 1
+    max_age: float | None = None
+    """Seconds a message is kept in the stream; ``None`` keeps it until limits say otherwise."""
+    duplicate_window: float = 120.0
+    """Seconds in which a republished ``Micro-Id`` (``Nats-Msg-Id``) is stored only once."""
+    ack_wait: float = 30.0
+    """Seconds the server waits for an ack before it delivers the message again."""
+    max_deliver: int = -1
+    """Deliveries of one message before the server gives up on it; -1 never gives up."""
+    max_ack_pending: int = 1000
+    """Messages a consumer may have delivered and not yet acked."""
+    redelivery_delay: float = 0.1
+    """Seconds before redelivering a message nacked without a delay; doubles per attempt."""
+    max_redelivery_delay: float = 30.0
+    """The cap on that backoff."""
+    publish_timeout: float = 5.0
+    """Seconds a JetStream publish waits for the server's acknowledgement."""
+    deliver_policy: DeliverPolicy = "new"
+    """Where a new consumer starts: ``new`` messages only, or ``all`` the stream holds."""
+    inactive_threshold: float = 3600.0
+    """Seconds after which the server deletes a broadcast consumer whose client is gone."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Further keyword arguments passed to ``nats.connect`` as they are."""
+
+    @classmethod
+    def from_arguments(
+        cls, arguments: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> NatsOptions:
+        """Build the options from keyword arguments, then ``MICRO_NATS_*`` variables."""
+        environ = os.environ if environ is None else environ
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(arguments) - set(names) - {"extra"})
+        if unknown:
+            raise TypeError(
+                f"the nats broker does not take option(s) {', '.join(unknown)}; "
+                f"it takes: {', '.join(n for n in names if n != 'extra')} "
+                "(pass other nats.connect() arguments as extra={...})"
+            )
+        values: dict[str, Any] = {}
+        for name, spec in names.items():
+            if name in arguments and arguments[name] is not None:
+                values[name] = arguments[name]
+                continue
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None and name not in ("tls", "extra"):
+                values[name] = _parse_env(name, raw, spec.default)
+        options = cls(**values)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for settings that cannot work, saying which and why."""
+        if self.storage not in ("file", "memory"):
+            raise ValueError(f"storage must be 'file' or 'memory', not {self.storage!r}")
+        if self.deliver_policy not in ("new", "all"):
+            raise ValueError(f"deliver_policy must be 'new' or 'all', not {self.deliver_policy!r}")
+        if self.connect_attempts < 1:
+            raise ValueError("connect_attempts must be at least 1")
+        if self.max_deliver == 0 or self.max_deliver < -1:
+            raise ValueError("max_deliver must be positive, or -1 for no limit")
+        if not self.stream or any(c in self.stream for c in ".*> \t\r\n/\\"):
+            raise ValueError(
+                f"stream name {self.stream!r} is not valid: use letters, digits, '-' and '_'"
+            )
+        if self.user is not None and self.token is not None:
+            raise ValueError("give either token or user/password, not both")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        if isinstance(self.subjects, str):
+            self.subjects = [s.strip() for s in self.subjects.split(",") if s.strip()]
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context to connect with, or ``None`` for a plain connection."""
+        if self.tls is not None:
+            return self.tls
+        if not (self.tls_ca_file or self.tls_cert_file):
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca_file)
+        if self.tls_cert_file and self.tls_key_file:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``nats.connect`` (callbacks and servers excepted)."""
+        kwargs: dict[str, Any] = {
+            "name": self.name,
+            "connect_timeout": self.connect_timeout,
+            "reconnect_time_wait": self.reconnect_time_wait,
+            "ping_interval": self.ping_interval,
+            "drain_timeout": self.drain_timeout,
+            "pending_size": self.pending_size,
+            "token": self.token,
+            "user": self.user,
+            "password": self.password,
+            "tls_handshake_first": self.tls_handshake_first,
+        }
+        tls = self.tls_context()
+        if tls is not None:
+            kwargs["tls"] = tls
+            if self.tls_hostname:
+                kwargs["tls_hostname"] = self.tls_hostname
+        if self.nkey_seed or self.credentials:
+            if importlib.util.find_spec("nkeys") is None:
+                raise ImportError(
+                    "NKey and credentials-file authentication need the nkeys package: "
+                    "pip install 'microbroker-nats[nkeys]'"
+                )
+            if self.credentials:
+                kwargs["user_credentials"] = self.credentials
+            else:
+                kwargs["nkeys_seed"] = self.nkey_seed
+        kwargs.update(self.extra)
+        return kwargs
+
+
+def parse_servers(address: str | None) -> list[str]:
+    """Split a comma-separated server list, adding ``nats://`` where no scheme is given."""
+    servers = []
+    for part in (address or DEFAULT_ADDRESS).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "://" not in part:
+            part = "nats://" + part
+        servers.append(part)
+    if not servers:
+        servers.append(DEFAULT_ADDRESS)
+    return servers
+
+
+def _parse_env(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if name == "max_age":
+        return float(raw)
+    if name == "subjects":
+        return [s.strip() for s in raw.split(",") if s.strip()]
+    return raw

@@ -1,0 +1,16 @@
+"""The plugin module named by the ``microbroker`` entry point: it registers the ``nats`` broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from microbroker import hookimpl
+
+
+@hookimpl
+def register_brokers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Offer the ``nats`` broker (``MICRO_BROKER=nats``)."""
+    from .broker import NatsBroker
+
+    register("nats", NatsBroker)

@@ -1,0 +1,1 @@
+"""Shared fixtures for every distribution's tests. Server fixtures live in ``support/``."""

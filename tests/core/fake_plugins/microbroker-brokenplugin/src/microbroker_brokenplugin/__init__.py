@@ -1,0 +1,1 @@
+"""Test fixture: a microbroker plugin that fails to import."""

@@ -1,0 +1,32 @@
+"""Fixtures for microbroker-kafka: real tansu servers on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from support.kafka_server import KafkaServer
+
+
+@pytest.fixture(scope="session")
+def kafka_server() -> Iterator[KafkaServer]:
+    """A tansu server shared by the session (tests that kill it use ``new_kafka_server``)."""
+    with KafkaServer(name="tansu") as server:
+        yield server
+
+
+@pytest.fixture
+def new_kafka_server() -> Iterator[Callable[..., KafkaServer]]:
+    """Start a server of one's own (to kill, pause or restart); stopped after."""
+    servers: list[KafkaServer] = []
+
+    def start(**options: Any) -> KafkaServer:
+        server = KafkaServer(**options)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

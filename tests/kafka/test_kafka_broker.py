@@ -1,0 +1,258 @@
+"""The kafka broker's own promises against a real tansu: groups, commits, keys, crashes, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from kafka_helpers import FAST, committed_offsets, eventually
+from support.kafka_server import KafkaServer
+from support.process import free_port
+
+from microbroker import Delivery, Message, get_broker
+from microbroker_kafka import KafkaBroker, KafkaConnectError, KafkaDelivery
+
+HERE = Path(__file__).parent
+
+
+def topic() -> str:
+    return f"kafka-test.{uuid.uuid4().hex[:10]}"
+
+
+async def test_registered_under_kafka(kafka_server: KafkaServer) -> None:
+    broker = get_broker("kafka", address=kafka_server.address, **FAST)
+    assert isinstance(broker, KafkaBroker)
+    assert str(broker) == "kafka"
+
+
+async def test_wrong_address_fails_clearly() -> None:
+    port = free_port()
+    broker = KafkaBroker(f"127.0.0.1:{port}", request_timeout=2.0)
+    with pytest.raises(KafkaConnectError, match=f"127.0.0.1:{port}"):
+        await asyncio.wait_for(broker.connect(), 30)
+    assert not broker.connected
+
+
+def test_malformed_address_and_unknown_option_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        KafkaBroker("localhost")
+    with pytest.raises(TypeError, match="unknown kafka option"):
+        KafkaBroker("127.0.0.1:9092", lingr=0.1)
+
+
+async def test_two_members_of_a_group_split_the_partitions(kafka_server: KafkaServer) -> None:
+    t = topic()
+    got: dict[str, list[KafkaDelivery]] = {"a": [], "b": []}
+    brokers = [KafkaBroker(kafka_server.address, partitions=4, **FAST) for _ in range(3)]
+    pub, a, b = brokers
+    for broker in brokers:
+        await broker.connect()
+    try:
+
+        def recorder(name: str):  # type: ignore[no-untyped-def]
+            async def handler(delivery: Delivery) -> None:
+                assert isinstance(delivery, KafkaDelivery)
+                got[name].append(delivery)
+
+            return handler
+
+        await a.subscribe(t, recorder("a"), queue="split")
+        await b.subscribe(t, recorder("b"), queue="split")
+        # Wait for the rebalance that gives b its half (a held all four before).
+        for n in range(40):
+            await pub.publish(t, Message(str(n).encode()), key=f"k{n}")
+        await eventually(
+            lambda: len({d.message.body for ds in got.values() for d in ds}) >= 40,
+            30,
+            "delivery of 40 messages to the group",
+        )
+        bodies = Counter(d.message.body for ds in got.values() for d in ds)
+        assert set(bodies) == {str(n).encode() for n in range(40)}
+        assert got["a"], "member a got no share of the partitions"
+        assert got["b"], "member b got no share of the partitions"
+        parts_a = {d.partition for d in got["a"]}
+        parts_b = {d.partition for d in got["b"]}
+        assert not parts_a & parts_b, f"a partition read by both members: {parts_a & parts_b}"
+    finally:
+        for broker in brokers:
+            await broker.disconnect()
+
+
+async def test_records_of_one_key_keep_their_order(kafka_server: KafkaServer) -> None:
+    t = topic()
+    async with (
+        KafkaBroker(kafka_server.address, partitions=4, **FAST) as pub,
+        KafkaBroker(kafka_server.address, partitions=4, **FAST) as sub,
+    ):
+        seen: list[KafkaDelivery] = []
+
+        async def handler(delivery: Delivery) -> None:
+            assert isinstance(delivery, KafkaDelivery)
+            seen.append(delivery)
+
+        await sub.subscribe(t, handler)
+        for n in range(100):
+            key = ("red", "green", "blue")[n % 3]
+            await pub.publish(t, Message(f"{key}:{n}".encode()), key=key)
+        await eventually(lambda: len(seen) >= 100, 30, "delivery of 100 keyed messages")
+        per_key: dict[bytes | None, list[int]] = defaultdict(list)
+        partitions: dict[bytes | None, set[int]] = defaultdict(set)
+        for d in seen:
+            per_key[d.key].append(int(d.message.body.split(b":")[1]))
+            partitions[d.key].add(d.partition)
+        assert set(per_key) == {b"red", b"green", b"blue"}
+        for key, numbers in per_key.items():
+            assert numbers == sorted(numbers), f"key {key!r} out of order"
+            assert len(partitions[key]) == 1, f"key {key!r} spread over partitions"
+
+
+async def test_batching_producer_flushes_on_disconnect(kafka_server: KafkaServer) -> None:
+    t = topic()
+    async with KafkaBroker(kafka_server.address, **FAST) as sub:
+        seen: list[bytes] = []
+
+        async def handler(delivery: Delivery) -> None:
+            seen.append(delivery.message.body)
+
+        await sub.subscribe(t, handler)
+        pub = KafkaBroker(kafka_server.address, linger=2.0, confirm=False, **FAST)
+        await pub.connect()
+        for n in range(200):
+            await pub.publish(t, Message(str(n).encode()))
+        await pub.disconnect()  # within the linger: only the flush on disconnect sends them
+        await eventually(lambda: len(seen) >= 200, 30, "delivery of the lingering batch")
+        assert sorted(seen, key=int) == [str(n).encode() for n in range(200)]
+
+
+@pytest.mark.parametrize("how", ["nack", "raise"])
+async def test_committed_offset_never_passes_an_unacked_message(
+    kafka_server: KafkaServer, how: str
+) -> None:
+    """go-micro's kafka plugin commits past a failed message and loses it; this one must not."""
+    t, group = topic(), f"g-{uuid.uuid4().hex[:8]}"
+    first: list[bytes] = []
+    async with (
+        KafkaBroker(kafka_server.address, **FAST) as pub,
+        KafkaBroker(kafka_server.address, max_redelivery_delay=0.2, **FAST) as sub,
+    ):
+
+        async def failing(delivery: Delivery) -> None:
+            first.append(delivery.message.body)
+            if delivery.message.body == b"3":
+                if how == "raise":
+                    raise RuntimeError("deliberate failure")
+                await delivery.nack()
+
+        subscription = await sub.subscribe(t, failing, queue=group)
+        for n in range(10):
+            await pub.publish(t, Message(str(n).encode()))
+        await eventually(
+            lambda: first.count(b"3") >= 3 and len(set(first)) == 10, 30, "redelivery of message 3"
+        )
+        assert set(first) == {str(n).encode() for n in range(10)}
+        await asyncio.sleep(0.5)  # several commit intervals
+        await subscription.unsubscribe()
+        assert await committed_offsets(kafka_server.address, group, t) == {0: 3}
+
+        # The next member of the group starts at message 3: nothing was lost.
+        again: list[bytes] = []
+
+        async def fine(delivery: Delivery) -> None:
+            again.append(delivery.message.body)
+
+        await sub.subscribe(t, fine, queue=group)
+        await eventually(lambda: len(again) >= 7, 30, "redelivery to the next member")
+        assert again == [str(n).encode() for n in range(3, 10)]
+        await asyncio.sleep(0.3)
+        assert await committed_offsets(kafka_server.address, group, t) == {0: 10}
+
+
+async def test_manual_ack_out_of_order_commits_only_the_acked_prefix(
+    kafka_server: KafkaServer,
+) -> None:
+    t, group = topic(), f"g-{uuid.uuid4().hex[:8]}"
+    held: list[Delivery] = []
+    async with (
+        KafkaBroker(kafka_server.address, **FAST) as pub,
+        KafkaBroker(kafka_server.address, **FAST) as sub,
+    ):
+
+        async def keep(delivery: Delivery) -> None:
+            held.append(delivery)
+
+        await sub.subscribe(t, keep, queue=group, auto_ack=False)
+        for n in range(6):
+            await pub.publish(t, Message(str(n).encode()))
+        await eventually(lambda: len(held) >= 6, 30, "delivery of 6 messages")
+        for d in (held[0], held[1], held[3], held[4], held[5]):
+            await d.ack()
+        await asyncio.sleep(0.4)
+        assert await committed_offsets(kafka_server.address, group, t) == {0: 2}
+        await held[2].ack()
+        await asyncio.sleep(0.4)
+        assert await committed_offsets(kafka_server.address, group, t) == {0: 6}
+
+
+async def test_a_member_killed_mid_batch_loses_nothing(
+    kafka_server: KafkaServer, tmp_path: Path
+) -> None:
+    """A group member is SIGKILLed while handling; the group's next member gets the rest."""
+    t, group = topic(), f"g-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "handled.txt"
+    out.touch()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+    child = subprocess.Popen(  # noqa: ASYNC220 - a child to SIGKILL, waited on in a thread
+        [sys.executable, str(HERE / "crash_consumer.py"), kafka_server.address, t, group, str(out)],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
+        assert line.strip() == b"subscribed", line
+        total = 500
+        async with KafkaBroker(kafka_server.address, partitions=2, **FAST) as pub:
+            for n in range(total):
+                await pub.publish(t, Message(str(n).encode()), key=str(n))
+
+            def handled_by_child() -> list[str]:
+                return out.read_text().split()
+
+            await eventually(lambda: len(handled_by_child()) >= 100, 60, "the child at work")
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            before = handled_by_child()
+            assert len(before) < total, "the child finished before it was killed"
+
+            taken: list[str] = []
+
+            async def handler(delivery: Delivery) -> None:
+                taken.append(delivery.message.body.decode())
+
+            async with KafkaBroker(kafka_server.address, partitions=2, **FAST) as heir:
+                await heir.subscribe(t, handler, queue=group)
+                expected = {str(n) for n in range(total)}
+                try:
+                    await eventually(
+                        lambda: expected <= set(before) | set(taken), 60, "the takeover"
+                    )
+                except AssertionError:
+                    missing = sorted(expected - set(before) - set(taken), key=int)
+                    raise AssertionError(
+                        f"{len(missing)} never handled (first {missing[:10]}); the killed "
+                        f"member handled {len(before)}, its heir {len(taken)}"
+                    ) from None
+        duplicates = len(before) + len(taken) - total
+        print(f"\nkilled member handled {len(before)}, heir {len(taken)}, duplicates {duplicates}")
+        assert expected == set(before) | set(taken)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -1,0 +1,113 @@
+"""Faults on a real Mosquitto: SIGKILL and restart mid-stream, a SIGSTOP stall, both at QoS 1.
+
+The servers here keep their sessions in a persistence file written after every
+change (``durable=True``), so that what Mosquitto acknowledged survives even a
+SIGKILL. Clients use stable ids and persistent sessions: the publisher resends
+what the server had not acknowledged, the server resends to the subscriber what
+it had not delivered. Duplicates are allowed at QoS 1 and are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from support.eventually import eventually
+from support.faults import RetryingPublisher
+from support.mqtt_server import MosquittoServer
+
+import microbroker
+from microbroker_mqtt import MqttBroker
+
+pytestmark = pytest.mark.slow
+
+OPTIONS = {"qos": 1, "reconnect_delay": 0.2, "publish_timeout": 30.0}
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_no_qos1_message_lost_when_mosquitto_is_killed_mid_stream(
+    new_mosquitto: Callable[..., MosquittoServer], protocol: str
+) -> None:
+    server = new_mosquitto(durable=True)
+    total = 10_000
+    counts: Counter[int] = Counter()
+
+    async def handler(delivery: microbroker.Delivery) -> None:
+        counts[int(delivery.message.body)] += 1
+
+    run = uuid.uuid4().hex[:8]
+    topic = f"orders/{run}"
+    sub = MqttBroker(server.url, client_id=f"sub-{run}", protocol=protocol, **OPTIONS)
+    pub = MqttBroker(server.url, client_id=f"pub-{run}", protocol=protocol, **OPTIONS)
+    await sub.connect()
+    await pub.connect()
+    publisher = RetryingPublisher(pub, topic, concurrency=1, attempts=100)
+    try:
+        await sub.subscribe(topic, handler)
+        publishing = asyncio.create_task(publisher.publish_in_order(range(total)))
+        await eventually(lambda: len(counts) >= 3000, "deliveries before the kill", 60)
+        await asyncio.to_thread(server.kill)
+        killed_at = len(counts)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.start)
+        await asyncio.wait_for(publishing, 120)
+        await eventually(lambda: len(counts) >= total, f"delivery of all {total} messages", 120)
+        missing = set(range(total)) - set(counts)
+        duplicates = sum(c - 1 for c in counts.values())
+        print(
+            f"mosquitto SIGKILL (MQTT {protocol}): {total} published, {killed_at} delivered "
+            f"at the kill, {len(counts)} distinct delivered, {duplicates} duplicates, "
+            f"{publisher.retries} publishes retried"
+        )
+        assert killed_at < total, "the kill must happen mid-stream"
+        assert not missing, f"{len(missing)} messages lost"
+        assert sub.connected
+        assert pub.connected
+    finally:
+        await pub.disconnect()
+        await sub.disconnect()
+
+
+async def test_nothing_lost_across_a_network_stall(
+    new_mosquitto: Callable[..., MosquittoServer],
+) -> None:
+    """The server frozen (SIGSTOP) for three seconds mid-stream, then resumed (SIGCONT)."""
+    server = new_mosquitto(durable=True)
+    total = 3_000
+    counts: Counter[int] = Counter()
+
+    async def handler(delivery: microbroker.Delivery) -> None:
+        counts[int(delivery.message.body)] += 1
+
+    run = uuid.uuid4().hex[:8]
+    topic = f"stall/{run}"
+    sub = MqttBroker(server.url, client_id=f"sub-{run}", **OPTIONS)
+    pub = MqttBroker(server.url, client_id=f"pub-{run}", **OPTIONS)
+    await sub.connect()
+    await pub.connect()
+    publisher = RetryingPublisher(pub, topic, concurrency=1, attempts=100)
+    try:
+        await sub.subscribe(topic, handler)
+        publishing = asyncio.create_task(publisher.publish_in_order(range(total)))
+        await eventually(lambda: len(counts) >= 500, "deliveries before the stall", 60)
+        server.pause()
+        try:
+            await asyncio.sleep(3.0)
+            stalled_at = len(counts)
+        finally:
+            server.resume()
+        await asyncio.wait_for(publishing, 120)
+        await eventually(lambda: len(counts) >= total, f"delivery of all {total} messages", 60)
+        duplicates = sum(c - 1 for c in counts.values())
+        print(
+            f"mosquitto SIGSTOP 3 s: {total} published, {stalled_at} delivered during the "
+            f"stall, {len(counts)} distinct delivered, {duplicates} duplicates"
+        )
+        assert stalled_at < total, "the stall must happen mid-stream"
+        assert set(counts) == set(range(total))
+    finally:
+        await pub.disconnect()
+        await sub.disconnect()

@@ -1,0 +1,38 @@
+"""Fixtures for microbroker-nats: real nats-server processes on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from support.nats_server import NatsServer
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """A core NATS server shared by the session (tests that kill it use ``new_nats_server``)."""
+    with NatsServer(name="nats-core") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def jetstream_server() -> Iterator[NatsServer]:
+    """A JetStream-enabled server shared by the session, storing in its own directory."""
+    with NatsServer(jetstream=True, name="nats-jetstream") as server:
+        yield server
+
+
+@pytest.fixture
+def new_nats_server() -> Iterator[Callable[..., NatsServer]]:
+    """Start a server of one's own (to kill, restart or lock with credentials); stopped after."""
+    servers: list[NatsServer] = []
+
+    def start(**options: object) -> NatsServer:
+        server = NatsServer(**options)  # type: ignore[arg-type]
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

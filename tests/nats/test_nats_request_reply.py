@@ -1,0 +1,136 @@
+"""NATS's native request/reply, exposed for the RPC layer: serve() and request()."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from support.nats_server import NatsServer
+
+import microbroker
+from microbroker_nats import NatsBroker, NatsDelivery, NoResponders, RequestTimeout
+
+
+async def request_served(
+    client: NatsBroker, topic: str, message: microbroker.Message
+) -> microbroker.Message:
+    """request(), retried while the server does not yet route ``topic`` to the new responder.
+
+    Even after the responder's connection has flushed its SUB, nats-server now and
+    then answers a request from another connection with "no responders" (raw
+    nats-py shows it too, about once in a few hundred tries); a caller retries.
+    """
+    for _ in range(50):
+        try:
+            return await client.request(topic, message, timeout=10)
+        except NoResponders:
+            await asyncio.sleep(0.05)
+    return await client.request(topic, message, timeout=10)
+
+
+@pytest.fixture(params=[False, True], ids=["core", "jetstream"])
+def jetstream(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, jetstream: bool, nats_server: NatsServer) -> NatsServer:
+    if jetstream:
+        js_server: NatsServer = request.getfixturevalue("jetstream_server")
+        return js_server
+    return nats_server
+
+
+async def test_request_gets_the_reply_with_its_headers(server: NatsServer, jetstream: bool) -> None:
+    async def greet(delivery: NatsDelivery) -> microbroker.Message:
+        assert delivery.reply_to
+        name = delivery.message.body.decode()
+        return microbroker.Message(f"hello {name}".encode(), {"X-Served-By": "greeter"})
+
+    async with (
+        NatsBroker(server.url, jetstream=jetstream) as service,
+        NatsBroker(server.url, jetstream=jetstream) as client,
+    ):
+        await service.serve("greeter.hello", greet)
+        await service.client.flush()
+        reply = await request_served(
+            client, "greeter.hello", microbroker.Message(b"ada", {"X-Trace": "1"})
+        )
+        assert reply.body == b"hello ada"
+        assert reply.header("x-served-by") == "greeter"
+
+
+async def test_servers_in_a_queue_answer_each_request_once(nats_server: NatsServer) -> None:
+    answered: dict[str, int] = {"a": 0, "b": 0}
+
+    def responder(name: str):  # type: ignore[no-untyped-def]
+        async def respond(delivery: NatsDelivery) -> microbroker.Message:
+            answered[name] += 1
+            return microbroker.Message(name.encode())
+
+        return respond
+
+    async with (
+        NatsBroker(nats_server.url) as one,
+        NatsBroker(nats_server.url) as two,
+        NatsBroker(nats_server.url) as client,
+    ):
+        await one.serve("work.do", responder("a"), queue="workers")
+        await two.serve("work.do", responder("b"), queue="workers")
+        await one.client.flush()
+        await two.client.flush()
+        replies = [
+            (await request_served(client, "work.do", microbroker.Message(b"x"))).body
+            for _ in range(40)
+        ]
+    assert sum(answered.values()) == 40
+    assert sorted(replies) == sorted([b"a"] * answered["a"] + [b"b"] * answered["b"])
+
+
+async def test_no_responders_and_timeout_are_distinct_errors(nats_server: NatsServer) -> None:
+    async def too_slow(delivery: NatsDelivery) -> microbroker.Message:
+        await asyncio.sleep(5)
+        return microbroker.Message(b"late")
+
+    async with NatsBroker(nats_server.url) as broker:
+        with pytest.raises(NoResponders, match="nobody serves"):
+            await broker.request("nobody.home", microbroker.Message(b"?"), timeout=10)
+        await broker.serve("slow.service", too_slow)
+        await broker.client.flush()
+        outcome: BaseException | None = None
+        for _ in range(50):  # see request_served() for why "no responders" is retried
+            try:
+                await broker.request("slow.service", microbroker.Message(b"?"), timeout=0.2)
+            except NoResponders:
+                await asyncio.sleep(0.05)
+            except RequestTimeout as exc:
+                outcome = exc
+                break
+        assert isinstance(outcome, RequestTimeout)
+        assert "within 0.2s" in str(outcome)
+        with pytest.raises(microbroker.InvalidTopic):
+            await broker.request("a.*", microbroker.Message(b"?"))
+
+
+async def test_a_failing_responder_answers_with_micro_error(nats_server: NatsServer) -> None:
+    errors: list[BaseException] = []
+
+    class Catcher:
+        @microbroker.hookimpl
+        def on_error(self, error: BaseException, delivery: microbroker.Delivery | None) -> None:
+            errors.append(error)
+
+    async def broken(delivery: NatsDelivery) -> microbroker.Message:
+        raise ValueError("no such order")
+
+    catcher = Catcher()
+    microbroker.register_plugin(catcher, name="nats-test-catcher")
+    try:
+        async with NatsBroker(nats_server.url) as broker:
+            await broker.serve("orders.get", broken)
+            await broker.client.flush()
+            reply = await request_served(broker, "orders.get", microbroker.Message(b"7"))
+            assert reply.header("Micro-Error") == "ValueError: no such order"
+            assert any(isinstance(e, ValueError) for e in errors)
+    finally:
+        microbroker.unregister_plugin(catcher)
