@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from nats.aio.client import Client
 from support.eventually import eventually
 
 from microbroker import Delivery
+from microbroker_nats._client import round_trip
 
-__all__ = ["Recorder", "eventually"]
+__all__ = ["Recorder", "eventually", "synced"]
+
+
+async def synced(nc: Client) -> None:
+    """Wait until the server has processed everything ``nc`` has sent (a SUB, PUBs).
+
+    ``await nc.flush()`` alone does not: nats-py writes its PING ahead of them.
+    """
+    await round_trip(nc, 5.0)
 
 
 class Recorder:

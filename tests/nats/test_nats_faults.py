@@ -35,7 +35,6 @@ async def test_core_nats_reconnects_after_the_server_is_killed(
     await pub.connect()
     try:
         await sub.subscribe("stream.live", handler)
-        await sub.client.flush()
         errors: list[BaseException] = []
         sent = 0
         stop = asyncio.Event()

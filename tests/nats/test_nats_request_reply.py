@@ -11,23 +11,6 @@ import microbroker
 from microbroker_nats import NatsBroker, NatsDelivery, NoResponders, RequestTimeout
 
 
-async def request_served(
-    client: NatsBroker, topic: str, message: microbroker.Message
-) -> microbroker.Message:
-    """request(), retried while the server does not yet route ``topic`` to the new responder.
-
-    Even after the responder's connection has flushed its SUB, nats-server now and
-    then answers a request from another connection with "no responders" (raw
-    nats-py shows it too, about once in a few hundred tries); a caller retries.
-    """
-    for _ in range(50):
-        try:
-            return await client.request(topic, message, timeout=10)
-        except NoResponders:
-            await asyncio.sleep(0.05)
-    return await client.request(topic, message, timeout=10)
-
-
 @pytest.fixture(params=[False, True], ids=["core", "jetstream"])
 def jetstream(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
@@ -52,10 +35,7 @@ async def test_request_gets_the_reply_with_its_headers(server: NatsServer, jetst
         NatsBroker(server.url, jetstream=jetstream) as client,
     ):
         await service.serve("greeter.hello", greet)
-        await service.client.flush()
-        reply = await request_served(
-            client, "greeter.hello", microbroker.Message(b"ada", {"X-Trace": "1"})
-        )
+        reply = await client.request("greeter.hello", microbroker.Message(b"ada", {"X-Trace": "1"}))
         assert reply.body == b"hello ada"
         assert reply.header("x-served-by") == "greeter"
 
@@ -77,11 +57,8 @@ async def test_servers_in_a_queue_answer_each_request_once(nats_server: NatsServ
     ):
         await one.serve("work.do", responder("a"), queue="workers")
         await two.serve("work.do", responder("b"), queue="workers")
-        await one.client.flush()
-        await two.client.flush()
         replies = [
-            (await request_served(client, "work.do", microbroker.Message(b"x"))).body
-            for _ in range(40)
+            (await client.request("work.do", microbroker.Message(b"x"))).body for _ in range(40)
         ]
     assert sum(answered.values()) == 40
     assert sorted(replies) == sorted([b"a"] * answered["a"] + [b"b"] * answered["b"])
@@ -96,17 +73,9 @@ async def test_no_responders_and_timeout_are_distinct_errors(nats_server: NatsSe
         with pytest.raises(NoResponders, match="nobody serves"):
             await broker.request("nobody.home", microbroker.Message(b"?"), timeout=10)
         await broker.serve("slow.service", too_slow)
-        await broker.client.flush()
-        outcome: BaseException | None = None
-        for _ in range(50):  # see request_served() for why "no responders" is retried
-            try:
-                await broker.request("slow.service", microbroker.Message(b"?"), timeout=0.2)
-            except NoResponders:
-                await asyncio.sleep(0.05)
-            except RequestTimeout as exc:
-                outcome = exc
-                break
-        assert isinstance(outcome, RequestTimeout)
+        with pytest.raises(RequestTimeout) as caught:
+            await broker.request("slow.service", microbroker.Message(b"?"), timeout=0.2)
+        outcome = caught.value
         assert "within 0.2s" in str(outcome)
         with pytest.raises(microbroker.InvalidTopic):
             await broker.request("a.*", microbroker.Message(b"?"))
@@ -128,8 +97,7 @@ async def test_a_failing_responder_answers_with_micro_error(nats_server: NatsSer
     try:
         async with NatsBroker(nats_server.url) as broker:
             await broker.serve("orders.get", broken)
-            await broker.client.flush()
-            reply = await request_served(broker, "orders.get", microbroker.Message(b"7"))
+            reply = await broker.request("orders.get", microbroker.Message(b"7"))
             assert reply.header("Micro-Error") == "ValueError: no such order"
             assert any(isinstance(e, ValueError) for e in errors)
     finally:

@@ -208,6 +208,20 @@ class FastParser(Parser):
             self.state = _AWAITING_MSG_PAYLOAD
 
 
+async def round_trip(nc: Client, timeout: float) -> None:
+    """Return once the server has processed every command ``nc`` has written so far.
+
+    nats-py's ``flush()`` writes its PING straight to the socket, ahead of the
+    commands still waiting for its flusher task (the SUB of a subscription just
+    made, for one), so its PONG alone proves nothing about them: another
+    connection could publish before the server has the subscription. The first
+    flush lets the flusher write them; the second PING follows them, and its
+    PONG does prove it.
+    """
+    await nc.flush(timeout)
+    await nc.flush(timeout)
+
+
 OnMessage = Callable[[str, str, bytes, "dict[str, str] | None"], Awaitable[None]]
 """What a subscription runs per message: ``(subject, reply, body, headers)``."""
 

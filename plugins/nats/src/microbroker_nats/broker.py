@@ -41,6 +41,7 @@ from ._client import (
     FastClient,
     Sink,
     client_class,
+    round_trip,
 )
 from .errors import NatsAuthError, NatsConnectError, NoResponders, RequestTimeout, StreamError
 from .options import DEFAULT_ADDRESS, NatsOptions, parse_servers
@@ -244,6 +245,14 @@ class NatsSubscriber(Subscriber):
                     await on_message(msg.subject, msg.reply, msg.data, msg.headers)
 
                 self._sub = await nc.subscribe(subject, queue=queue, cb=callback)
+            if nc.is_connected:
+                # Return only once the server has the subscription, so that a
+                # message published right after (from any connection) reaches it.
+                await round_trip(nc, self._broker.settings.connect_timeout)
+        except (nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError) as exc:
+            # The subscription stays in the client's table: nats-py sends it again
+            # when it reconnects, so it is made, only not confirmed yet.
+            logger.debug("nats: subscription to %r not confirmed yet: %r", subject, exc)
         except BaseException as exc:
             if self._sink is not None:
                 await self._sink.close()
