@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -218,8 +219,9 @@ async def round_trip(nc: Client, timeout: float) -> None:
     flush lets the flusher write them; the second PING follows them, and its
     PONG does prove it.
     """
-    await nc.flush(timeout)
-    await nc.flush(timeout)
+    seconds = max(1, math.ceil(timeout))  # nats-py takes whole seconds
+    await nc.flush(seconds)
+    await nc.flush(seconds)
 
 
 OnMessage = Callable[[str, str, bytes, "dict[str, str] | None"], Awaitable[None]]
