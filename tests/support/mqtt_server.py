@@ -34,6 +34,9 @@ class MosquittoServer(ServerProcess):
     :param persistence: keep sessions and queued messages across :meth:`restart`.
     :param durable: with persistence, write the database after every change, so that
         even a SIGKILL loses nothing the server has acknowledged (slow; for fault tests).
+    :param stock_limits: keep Mosquitto's own ``max_inflight_messages`` (20, which it
+        announces as its Receive Maximum) and ``max_queued_messages`` (1000), as a
+        default installation has them, instead of 100 and :data:`MAX_QUEUED`.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class MosquittoServer(ServerProcess):
         tls: bool = False,
         persistence: bool = True,
         durable: bool = False,
+        stock_limits: bool = False,
         name: str = "mosquitto",
     ) -> None:
         binary = mosquitto_binary()
@@ -54,6 +58,7 @@ class MosquittoServer(ServerProcess):
         self.tls = tls
         self.persistence = persistence
         self.durable = durable
+        self.stock_limits = stock_limits
         super().__init__(name, self._argv)
         if tls:
             self._make_certificate()
@@ -114,13 +119,13 @@ class MosquittoServer(ServerProcess):
         lines = [
             "per_listener_settings false",
             f"listener {port} {HOST}",
-            f"max_queued_messages {MAX_QUEUED}",
-            "max_inflight_messages 100",
             "log_dest stdout",
             "log_type error",
             "log_type warning",
             "log_type notice",
         ]
+        if not self.stock_limits:
+            lines += [f"max_queued_messages {MAX_QUEUED}", "max_inflight_messages 100"]
         if os.geteuid() == 0:
             # As root, mosquitto switches to the user "mosquitto", which can neither write
             # the persistence file nor read the key in this root-owned directory.

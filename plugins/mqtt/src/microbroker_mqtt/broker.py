@@ -104,7 +104,12 @@ class MqttBroker(Broker):
         self._connected = False
         self._inflight = _Inflight(self)
         self._window = self.settings.max_inflight
-        self._room = asyncio.Event()
+        # Publishes waiting for room in the window, first come first served: a PUBACK wakes
+        # one of them, not all (waking every waiter on every PUBACK made N concurrent
+        # publishes cost O(N) wake-ups each, and 12,000 at once ran into publish_timeout).
+        # _granted counts the waiters woken with a slot that have not sent yet.
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._granted = 0
         self._routes: dict[str, _Route] = {}
         self._by_id: dict[int, _Route] = {}
         self._next_id = 0
@@ -209,7 +214,7 @@ class MqttBroker(Broker):
         self._client = client
         self._connected = True
         self._online.set()
-        self._room.set()
+        self._grant_room()
 
     async def disconnect(self) -> None:
         """Wait (up to ``drain_timeout``) for unacknowledged publishes and queued deliveries,
@@ -217,7 +222,7 @@ class MqttBroker(Broker):
         if not self._connected:
             return
         self._connected = False
-        self._room.set()  # publishes waiting for room see the broker closed
+        self._fail_waiters()  # publishes waiting for room see the broker closed
         client = self._client
         timeout = self.settings.drain_timeout
         self._draining = True
@@ -323,7 +328,7 @@ class MqttBroker(Broker):
             self._send_publish(topic, body, properties, 0, retain)
             return
         inflight = self._inflight
-        if inflight.count >= self._window:
+        if self._waiters or inflight.count + self._granted >= self._window:
             await self._wait_for_room()
         waiter: asyncio.Future[None] | None = None
         if confirm:
@@ -332,6 +337,7 @@ class MqttBroker(Broker):
         try:
             self._send_publish(topic, body, properties, qos, retain)
         except OverflowError as exc:  # no packet id left: the server's window is full
+            self._grant_room()  # the slot this publish had goes to the next in line
             raise PublishError(f"no MQTT packet id free for the publish: {exc}") from None
         finally:
             inflight.next_waiter = None
@@ -376,27 +382,66 @@ class MqttBroker(Broker):
             client._persistent_storage.push_message(mid, packet)
 
     async def _wait_for_room(self) -> None:
+        """Wait for a slot in the in-flight window, in turn: returns holding one, which the
+        caller uses at once (no ``await`` between this and ``_send_publish``)."""
+        if not self._connected:
+            raise NotConnected("the mqtt broker was disconnected while the publish waited")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.publish_timeout
-        while self._inflight.count >= self._window:
-            if not self._connected:
-                raise NotConnected("the mqtt broker was disconnected while the publish waited")
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise PublishError(
-                    f"{self._inflight.count} publishes are waiting for the MQTT server's "
-                    f"acknowledgement and none arrived within {self.settings.publish_timeout}s: "
-                    "is the server reachable? (publish_timeout, max_inflight)"
-                )
-            self._room.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), remaining)
+        turn: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(turn)
+        self._grant_room()  # a slot may be free already (waiters ahead gave up)
+        timeout = self.settings.publish_timeout
+        expiry = loop.call_later(timeout, self._expire, turn, timeout)
+        try:
+            await turn
+        except BaseException:
+            # Timed out, cancelled or disconnected. A slot granted just before that (the
+            # task had not run yet) is handed on, or the window would shrink for good.
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                self._granted -= 1
+                self._grant_room()
+            raise
+        finally:
+            expiry.cancel()
+        self._granted -= 1
         if not self._connected:
             raise NotConnected("the mqtt broker was disconnected while the publish waited")
 
+    def _expire(self, turn: asyncio.Future[None], timeout: float) -> None:
+        # The future stays in the queue (removing it is O(n)); _grant_room skips it.
+        if not turn.done():
+            turn.set_exception(
+                PublishError(
+                    f"no room in the in-flight window within {timeout}s: "
+                    f"{self._inflight.count} publishes wait for the MQTT server's "
+                    "acknowledgement. Is the server reachable? (publish_timeout, "
+                    "max_inflight; the server's Receive Maximum also bounds the window)"
+                )
+            )
+
+    def _grant_room(self) -> None:
+        """Wake the first waiting publishes, one for each free slot of the window."""
+        waiters = self._waiters
+        free = self._window - self._inflight.count - self._granted
+        while free > 0 and waiters:
+            turn = waiters.popleft()
+            if turn.done():  # timed out or cancelled while waiting
+                continue
+            turn.set_result(None)
+            self._granted += 1
+            free -= 1
+
+    def _fail_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, deque()
+        for turn in waiters:
+            if not turn.done():
+                turn.set_exception(
+                    NotConnected("the mqtt broker was disconnected while the publish waited")
+                )
+
     def _released(self) -> None:
-        if self._inflight.count < self._window:
-            self._room.set()
+        if self._waiters:
+            self._grant_room()
         if self._draining:
             self._progress.set()
 
@@ -602,7 +647,7 @@ class MqttBroker(Broker):
             task = asyncio.get_running_loop().create_task(self._resubscribe())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        self._room.set()
+        self._grant_room()  # the window may have changed with the server's Receive Maximum
 
     async def _resubscribe(self) -> None:
         for route in list(self._routes.values()):
