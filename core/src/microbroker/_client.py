@@ -12,6 +12,10 @@ from ._headers import CONTENT_TYPE, ID, RESERVED, TOPIC, new_message_id
 from ._message import Message
 from ._rpc_client import ClientRpc
 
+# The default content type of each payload type seen (it depends only on the type).
+_DEFAULT_TYPES: dict[type, str] = {}
+_MAX_DEFAULT_TYPES = 256
+
 
 @dataclass(frozen=True, slots=True)
 class Publication:
@@ -69,18 +73,42 @@ class Client(ClientRpc):
         metadata: Mapping[str, str] | None,
         options: Mapping[str, Any],
     ) -> None:
-        """The publish path shared by :meth:`publish` and :class:`Event`."""
-        content_type = self._content_type(payload, content_type)
-        body = self.codec(content_type).encode(payload)
-        headers: dict[str, str] = {}
-        if metadata:
-            for key, value in metadata.items():
-                if key.casefold() not in RESERVED:
-                    headers[key] = value
+        """Encode ``payload`` and publish it on ``topic`` (see :meth:`build_message`)."""
+        message = self.build_message(topic, payload, content_type, metadata)
+        await self.broker.publish(topic, message, **options)
+
+    def build_message(
+        self,
+        topic: str,
+        payload: Any,
+        content_type: str | None,
+        metadata: Mapping[str, str] | None,
+    ) -> Message:
+        """The broker message for ``payload``: its encoded body and go-micro's headers.
+
+        The headers are the ``metadata`` (less any reserved name), then
+        ``Content-Type``, ``Micro-Topic`` and a new ``Micro-Id``.
+        """
+        if content_type is None:
+            content_type = self.content_type
+            if content_type is None:
+                kind = type(payload)
+                content_type = _DEFAULT_TYPES.get(kind)
+                if content_type is None:
+                    content_type = codecs.content_type_for(payload)
+                    if len(_DEFAULT_TYPES) < _MAX_DEFAULT_TYPES:
+                        _DEFAULT_TYPES[kind] = content_type
+        codec = self._codecs.get(content_type)
+        if codec is None:
+            codec = self.codec(content_type)
+        body = codec.encode(payload)
+        if not metadata:
+            return Message(body, {CONTENT_TYPE: content_type, TOPIC: topic, ID: new_message_id()})
+        headers = {key: value for key, value in metadata.items() if key.casefold() not in RESERVED}
         headers[CONTENT_TYPE] = content_type
         headers[TOPIC] = topic
         headers[ID] = new_message_id()
-        await self.broker.publish(topic, Message(body, headers), **options)
+        return Message(body, headers)
 
     def codec(self, content_type: str) -> codecs.Codec:
         """The codec for ``content_type``, looked up once per client."""

@@ -34,9 +34,10 @@ class Event:
         **options: Any,
     ) -> None:
         """Encode ``message`` and publish it on this event's topic."""
-        await self.client.publish_value(
-            self.topic, message, content_type or self.content_type, metadata, options
-        )
+        client = self.client
+        topic = self.topic
+        built = client.build_message(topic, message, content_type or self.content_type, metadata)
+        await client.broker.publish(topic, built, **options)
 
     def __repr__(self) -> str:
         return f"<Event topic={self.topic!r}>"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import typing
+from asyncio import current_task
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -96,18 +97,18 @@ class _InFlight:
         self.running: dict[Delivery, asyncio.Task[Any] | None] = {}
         self.idle: asyncio.Future[None] | None = None
 
-    def finished(self, delivery: Delivery) -> None:
-        running = self.running
-        del running[delivery]
-        if not running and self.idle is not None and not self.idle.done():
-            self.idle.set_result(None)
+    def drained(self) -> None:
+        """Called when the last running delivery is done: wake a waiting stop()."""
+        idle = self.idle
+        if idle is not None and not idle.done():
+            idle.set_result(None)
 
 
 class _TypedHandler:
     """Decodes each delivery into the subscriber's message type and calls it."""
 
     __slots__ = (
-        "_codecs",
+        "_decoders",
         "_fn",
         "_in_flight",
         "_into",
@@ -124,7 +125,8 @@ class _TypedHandler:
         self._takes_ctx = subscription.takes_context
         self._topic = subscription.topic
         self._raw = self._into in (Delivery, Message)
-        self._codecs: dict[str, codecs.Codec] = {}
+        # Content type (as sent) -> a function from body to value.
+        self._decoders: dict[str, Callable[[bytes], Any]] = {}
         # Under a retry policy the policy decides (dead letter); otherwise nack here.
         self._raise_decode_errors = subscription.retry is not None
 
@@ -134,48 +136,63 @@ class _TypedHandler:
             # The server is stopping: leave the message to the broker to deliver again.
             await delivery.nack()
             return
-        in_flight.running[delivery] = asyncio.current_task()
+        running = in_flight.running
+        running[delivery] = current_task()
         try:
-            await self._handle(delivery)
-        finally:
-            in_flight.finished(delivery)
-
-    async def _handle(self, delivery: Delivery) -> None:
-        into = self._into
-        if self._raw:
-            value: Any = delivery if into is Delivery else delivery.message
-        else:
             message = delivery.message
-            content_type = message.header(CONTENT_TYPE)
-            try:
-                value = self._codec(content_type).decode(message.body, into)
-            except Exception as exc:
-                error = DecodeError(
-                    topic=delivery.topic, content_type=content_type, expected=into, cause=exc
-                )
-                error.__cause__ = exc
-                if self._raise_decode_errors:
-                    raise error from exc
-                # The handler never sees an undecodable body; the message is nacked, not lost.
-                report_error(error, delivery)
-                await delivery.nack()
-                return
-        if self._takes_ctx:
-            await self._fn(value, Context(delivery))
-        else:
-            await self._fn(value)
+            if self._raw:
+                value: Any = delivery if self._into is Delivery else message
+            else:
+                headers = message.headers
+                content_type = headers.get(CONTENT_TYPE)
+                if content_type is None:
+                    content_type = message.header(CONTENT_TYPE)
+                decode = self._decoders.get(content_type or "")
+                try:
+                    if decode is None:
+                        decode = self._decoder(content_type)
+                    value = decode(message.body)
+                except Exception as exc:
+                    await self._undecodable(delivery, content_type, exc)
+                    return
+            if self._takes_ctx:
+                await self._fn(value, Context(delivery))
+            else:
+                await self._fn(value)
+        finally:
+            del running[delivery]
+            if not running:
+                in_flight.drained()
 
-    def _codec(self, content_type: str | None) -> codecs.Codec:
-        key = content_type or ""
-        codec = self._codecs.get(key)
-        if codec is None:
-            chosen = content_type or codecs.content_type_for_type(self._into)
-            codec = codecs.get_codec(chosen)
-            # The key is a header from the wire: a sender varying its parameters
-            # ("application/json; x=1", "; x=2", ...) must not grow the cache without bound.
-            if len(self._codecs) < 32:
-                self._codecs[key] = codec
-        return codec
+    async def _undecodable(
+        self, delivery: Delivery, content_type: str | None, exc: Exception
+    ) -> None:
+        error = DecodeError(
+            topic=delivery.topic, content_type=content_type, expected=self._into, cause=exc
+        )
+        error.__cause__ = exc
+        if self._raise_decode_errors:
+            raise error from exc
+        # The handler never sees an undecodable body; the message is nacked, not lost.
+        report_error(error, delivery)
+        await delivery.nack()
+
+    def _decoder(self, content_type: str | None) -> Callable[[bytes], Any]:
+        into = self._into
+        codec = codecs.get_codec(content_type or codecs.content_type_for_type(into))
+        decode: Callable[[bytes], Any]
+        if isinstance(codec, codecs.ProtobufCodec) and codecs.is_protobuf_type(into):
+            decode = into.FromString
+        else:
+
+            def decode(body: bytes) -> Any:
+                return codec.decode(body, into)
+
+        # The key is a header from the wire: a sender varying its parameters
+        # ("application/json; x=1", "; x=2", ...) must not grow the cache without bound.
+        if len(self._decoders) < 32:
+            self._decoders[content_type or ""] = decode
+        return decode
 
 
 def _concurrently(handler: Handler, limit: int, auto_ack: bool) -> Handler:
