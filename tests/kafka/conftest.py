@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support.kafka_server import KafkaServer
+from support.kafka_server import KafkaServer, ObjectStore
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +30,19 @@ def new_kafka_server() -> Iterator[Callable[..., KafkaServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def durable_kafka_server() -> Iterator[KafkaServer]:
+    """A tansu of one's own that stores in S3 (a SeaweedFS server on disk), not in memory.
+
+    What it stored survives its kill and restart; only tansu is meant to be
+    killed, the object store keeps running. Both are stopped after the test.
+    """
+    with ObjectStore() as store:
+        server = KafkaServer(name="tansu-durable", object_store=store)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
