@@ -255,3 +255,43 @@ async def test_subscribe_returns_once_the_server_has_the_subscription(
         assert sorted(inbox.bodies, key=int) == [str(n).encode() for n in range(rounds)]
         seen_topics = {d.topic for d in inbox.deliveries}
         assert seen_topics == {f"fresh.{n}" for n in range(rounds)}
+
+
+async def test_typed_subscribers_read_content_type_however_it_is_spelt(
+    nats_server: NatsServer,
+) -> None:
+    """Headers are parsed lazily; Content-Type is found in any case, and the last one wins."""
+    raw = await nats.connect(nats_server.url)
+    got: list[tuple[dict[str, object], str | None, dict[str, str]]] = []
+    service = microbroker.Service("lazy", broker=NatsBroker(nats_server.url))
+
+    @service.subscriber("lazy.headers")
+    async def on(value: dict[str, object], ctx: microbroker.Context) -> None:
+        got.append((value, ctx.content_type, ctx.metadata.to_headers()))
+
+    try:
+        async with service:
+            await raw.publish(
+                "lazy.headers", b'{"n":1}', headers={"Content-Type": "application/json"}
+            )
+            await raw.publish(
+                "lazy.headers", b'{"n":2}', headers={"content-type": "application/json"}
+            )
+            await raw.publish(
+                "lazy.headers",
+                b'{"n":3}',
+                headers={"X-A": "1", "Content-Type": "  application/json ", "X-B": "ü"},
+            )
+            await raw.publish("lazy.headers", b'{"n":4}')
+            await eventually(lambda: len(got) == 4, "four typed deliveries")
+    finally:
+        await raw.close()
+    assert [value for value, _, _ in got] == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
+    assert [content_type for _, content_type, _ in got] == [
+        "application/json",
+        "application/json",
+        "application/json",
+        None,
+    ]
+    assert got[2][2] == {"X-A": "1", "Content-Type": "application/json", "X-B": "ü"}
+    assert got[1][2] == {"content-type": "application/json"}

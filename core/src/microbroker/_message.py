@@ -55,6 +55,19 @@ class Delivery:
         self._state = 0  # 0 pending, 1 acked, 2 nacked
 
     @property
+    def body(self) -> bytes:
+        """The message's body (``delivery.message.body``)."""
+        return self.message.body
+
+    @property
+    def content_type(self) -> str | None:
+        """The message's ``Content-Type`` header, or ``None``.
+
+        A broker may answer this without parsing every header (see the nats broker).
+        """
+        return self.message.header("Content-Type")
+
+    @property
     def settled(self) -> bool:
         """Whether :meth:`ack` or :meth:`nack` has been called."""
         return self._state != 0

@@ -14,7 +14,6 @@ from . import codecs
 from ._broker import Broker, Handler, Subscriber, check_topic, dispatch
 from ._context import Context
 from ._errors import DecodeError, MicrobrokerError
-from ._headers import CONTENT_TYPE
 from ._message import Delivery, Message
 from ._registry import report_error
 from ._retry import RetryPolicy, retrying
@@ -139,19 +138,15 @@ class _TypedHandler:
         running = in_flight.running
         running[delivery] = current_task()
         try:
-            message = delivery.message
             if self._raw:
-                value: Any = delivery if self._into is Delivery else message
+                value: Any = delivery if self._into is Delivery else delivery.message
             else:
-                headers = message.headers
-                content_type = headers.get(CONTENT_TYPE)
-                if content_type is None:
-                    content_type = message.header(CONTENT_TYPE)
+                content_type = delivery.content_type
                 decode = self._decoders.get(content_type or "")
                 try:
                     if decode is None:
                         decode = self._decoder(content_type)
-                    value = decode(message.body)
+                    value = decode(delivery.body)
                 except Exception as exc:
                     await self._undecodable(delivery, content_type, exc)
                     return

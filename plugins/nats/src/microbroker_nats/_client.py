@@ -37,52 +37,54 @@ _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 _CACHE_LIMIT = 4096
 
-# Header name (as given) -> b"Name: ", or b"" for a name nats-py skips (blank).
-_encoded_names: dict[str, bytes] = {}
+# Header names seen before that are valid as they are (no surrounding spaces).
+_valid_names: set[str] = set()
 # Header name (raw bytes from the wire) -> str, or "" for a name nats-py drops.
 _decoded_names: dict[bytes, str] = {}
 # Subject (raw bytes from the wire) -> str.
 _subjects: dict[bytes, str] = {}
-# Whole header lines that repeat (Content-Type, Micro-Topic), both ways.
-_encoded_lines: dict[tuple[str, str], bytes] = {}
+# Whole header lines that repeat (Content-Type, Micro-Topic), when parsed.
 _parsed_lines: dict[bytes, tuple[str, str]] = {}
 _CACHED_VALUE = 200
-# Headers unique to each message: caching them would only churn the caches.
+# Headers unique to each message: caching them would only churn the cache.
 _UNIQUE_NAMES = frozenset({"Micro-Id", "Nats-Msg-Id", "micro-id", "MICRO-ID"})
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
-    """The NATS header block for ``headers``, byte for byte as nats-py writes it."""
-    parts = [_HEADER_LINE]
+    """The NATS header block for ``headers``, as nats-py writes it.
+
+    Names seen before and values without CR or LF (the common case) take one
+    formatted line each; anything else takes nats-py's own rules (names
+    stripped and checked, blank names skipped, CR and LF in values made
+    spaces). Unlike nats-py, a value is sent as it is rather than stripped:
+    receivers strip the ASCII spaces around it when they parse the block, and
+    any other character the publisher put there arrives.
+    """
+    valid = _valid_names
+    parts = ["NATS/1.0\r\n"]
     append = parts.append
-    names = _encoded_names
-    lines = _encoded_lines
     for name, value in headers.items():
-        line = lines.get((name, value))
-        if line is not None:
-            append(line)
-            continue
-        prefix = names.get(name)
-        if prefix is None:
-            key = name.strip()
-            if key and not _HEADER_KEY.fullmatch(key):
-                raise BadHeaderError(key)
-            prefix = (key.encode() + b": ") if key else b""
-            if len(names) < _CACHE_LIMIT:
-                names[name] = prefix
-        if not prefix:
-            continue
-        text = value.strip()
-        if "\r" in text or "\n" in text:
-            text = text.translate(_NEWLINES)
-        line = prefix + text.encode() + _CRLF
-        append(line)
-        if len(value) <= _CACHED_VALUE and name not in _UNIQUE_NAMES:
-            # Content-Type and Micro-Topic repeat from one message to the next.
-            if len(lines) >= _CACHE_LIMIT:
-                lines.clear()
-            lines[(name, value)] = line
-    append(_CRLF)
+        if name not in valid or type(value) is not str or "\r" in value or "\n" in value:
+            return _encode_headers_slowly(headers)
+        append(f"{name}: {value}\r\n")
+    append("\r\n")
+    return "".join(parts).encode()
+
+
+def _encode_headers_slowly(headers: dict[str, str]) -> bytes:
+    parts = [_HEADER_LINE]
+    for name, value in headers.items():
+        key = name.strip()
+        if not key:
+            continue  # nats-py skips a blank name
+        if not _HEADER_KEY.fullmatch(key):
+            raise BadHeaderError(key)
+        if not isinstance(value, str):
+            raise BadHeaderError(f"the value of header {key!r} is not a str: {value!r}")
+        if key == name and len(_valid_names) < _CACHE_LIMIT:
+            _valid_names.add(name)
+        parts.append(key.encode() + b": " + value.translate(_NEWLINES).encode() + _CRLF)
+    parts.append(_CRLF)
     return b"".join(parts)
 
 
@@ -224,7 +226,11 @@ async def round_trip(nc: Client, timeout: float) -> None:
     await nc.flush(seconds)
 
 
-OnMessage = Callable[[str, str, bytes, "dict[str, str] | None"], Awaitable[None]]
+Headers = bytes | dict[str, str] | None
+"""A message's headers as the connection has them: the raw NATS header block
+(from :class:`FastClient`, parsed only when read), nats-py's parsed dict, or none."""
+
+OnMessage = Callable[[str, str, bytes, Headers], Awaitable[None]]
 """What a subscription runs per message: ``(subject, reply, body, headers)``."""
 
 #: Messages a subscription may hold unhandled before new ones are dropped (core
@@ -251,7 +257,7 @@ class Sink:
 
     def __init__(self, on_message: OnMessage, name: str) -> None:
         self._on_message = on_message
-        self._items: deque[tuple[str, str, bytes, dict[str, str] | None]] = deque()
+        self._items: deque[tuple[str, str, bytes, Headers]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._idle: asyncio.Future[None] | None = None
         self._handling = False
@@ -259,7 +265,7 @@ class Sink:
         self.dropped = 0
         self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
 
-    def push(self, item: tuple[str, str, bytes, dict[str, str] | None]) -> None:
+    def push(self, item: tuple[str, str, bytes, Headers]) -> None:
         items = self._items
         if len(items) >= PENDING_LIMIT:
             self.dropped += 1
@@ -381,12 +387,13 @@ class FastClient(Client):
             name = subject.decode()
             if len(_subjects) < _CACHE_LIMIT:
                 _subjects[subject] = name
-        parsed: dict[str, str] | None = None
-        if headers:
-            if headers[8:9] == b" ":
+        if headers is not None:
+            if not headers:
+                headers = None
+            elif headers[8:9] == b" ":
                 return True  # a status message (heartbeat, flow control): none is asked for
-            parsed = parse_header_lines(headers[10:])
-        sink.push((name, reply.decode() if reply else "", data, parsed))
+        # The header block is parsed by the delivery, when (and if) it is read.
+        sink.push((name, reply.decode() if reply else "", data, headers))
         return True
 
     async def _process_msg(

@@ -39,14 +39,19 @@ from ._client import (
     WRITE_FALLBACK,
     WRITE_FORCE,
     FastClient,
+    Headers,
     Sink,
     client_class,
+    parse_header_lines,
     round_trip,
 )
 from .errors import NatsAuthError, NatsConnectError, NoResponders, RequestTimeout, StreamError
 from .options import DEFAULT_ADDRESS, NatsOptions, parse_servers
 
 logger = logging.getLogger("microbroker.nats")
+
+CONTENT_TYPE = "Content-Type"
+_CONTENT_TYPE_LINE = b"\r\nContent-Type:"
 
 WILDCARDS = Wildcards(separator=".", one="*", many=">")
 #: Headers and protocol framing a message may need on top of its body, checked
@@ -85,27 +90,74 @@ def _jetstream_capabilities(max_payload: int, storage: str) -> Capabilities:
 
 
 class NatsDelivery(Delivery):
-    """A delivery from NATS. It knows the request's reply subject, if any, and can answer it."""
+    """A delivery from NATS. It knows the request's reply subject, if any, and can answer it.
 
-    __slots__ = ("_nc", "_reply")
+    Headers that arrive as a raw NATS header block are parsed the first time
+    :attr:`message` is read: a typed subscriber that never reads its metadata
+    only pays for finding ``Content-Type``.
+    """
+
+    __slots__ = ("_body", "_msg", "_nc", "_raw_headers", "_reply")
 
     def __init__(
         self,
         topic: str,
-        message: Message,
+        body: bytes,
+        headers: Headers,
         queue: str | None,
         reply: str,
         nc: NATS,
         attempt: int = 1,
     ) -> None:
+        """``headers``: a dict, ``None``, or the raw NATS header block (parsed when read)."""
         # Set directly rather than through Delivery.__init__: this runs once per message.
         self.topic = topic
-        self.message = message
+        self._body = body
+        if type(headers) is bytes:
+            self._msg: Message | None = None
+            self._raw_headers: bytes | None = headers
+        else:
+            self._msg = Message(body, {} if headers is None else headers)  # type: ignore[arg-type]
+            self._raw_headers = None
         self.queue = queue
         self.attempt = attempt
         self._state = 0
         self._reply = reply
         self._nc = nc
+
+    @property
+    def message(self) -> Message:
+        """The message: the body and its headers."""
+        message = self._msg
+        if message is None:
+            raw = self._raw_headers
+            message = self._msg = Message(self._body, parse_header_lines(raw[10:]) if raw else {})
+        return message
+
+    @message.setter
+    def message(self, message: Message) -> None:
+        self._msg = message
+        self._body = message.body
+        self._raw_headers = None
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @property
+    def content_type(self) -> str | None:
+        message = self._msg
+        if message is not None:
+            return message.header(CONTENT_TYPE)
+        raw = self._raw_headers
+        assert raw is not None
+        # Every header line follows a CRLF (the block starts with "NATS/1.0\r\n");
+        # the last of several wins, as when the block is parsed.
+        start = raw.rfind(_CONTENT_TYPE_LINE)
+        if start < 0:
+            return self.message.header(CONTENT_TYPE)  # absent, or spelt in another case
+        start += len(_CONTENT_TYPE_LINE)
+        return raw[start : raw.find(b"\r\n", start)].strip().decode("utf-8", "replace")
 
     @property
     def reply_to(self) -> str | None:
@@ -142,13 +194,14 @@ class _JetStreamDelivery(NatsDelivery):
     def __init__(
         self,
         topic: str,
-        message: Message,
+        body: bytes,
+        headers: Headers,
         queue: str | None,
         reply: str,
         nc: NATS,
         settings: NatsOptions,
     ) -> None:
-        NatsDelivery.__init__(self, topic, message, queue, reply, nc, _num_delivered(reply))
+        NatsDelivery.__init__(self, topic, body, headers, queue, reply, nc, _num_delivered(reply))
         self._settings = settings
 
     @property
@@ -206,7 +259,7 @@ def _num_delivered(reply: str) -> int:
         return 1
 
 
-OnMessage = Callable[[str, str, bytes, "dict[str, str] | None"], Awaitable[None]]
+OnMessage = Callable[[str, str, bytes, Headers], Awaitable[None]]
 
 
 class NatsSubscriber(Subscriber):
@@ -634,12 +687,8 @@ class NatsBroker(Broker):
             return await self._subscribe_jetstream(topic, handler, queue, auto_ack, durable)
         sub = NatsSubscriber(self, topic, queue, auto_ack)
 
-        async def on_message(
-            subject: str, reply: str, data: bytes, headers: dict[str, str] | None
-        ) -> None:
-            delivery = NatsDelivery(
-                subject, Message(data, {} if headers is None else headers), queue, reply, nc
-            )
+        async def on_message(subject: str, reply: str, data: bytes, headers: Headers) -> None:
+            delivery = NatsDelivery(subject, data, headers, queue, reply, nc)
             await dispatch(handler, delivery, auto_ack)
 
         await sub._start(nc, topic, on_message)
@@ -665,12 +714,8 @@ class NatsBroker(Broker):
         _check_pattern(topic)
         sub = NatsSubscriber(self, topic, queue, True)
 
-        async def on_request(
-            subject: str, reply: str, data: bytes, headers: dict[str, str] | None
-        ) -> None:
-            delivery = NatsDelivery(
-                subject, Message(data, {} if headers is None else headers), queue, reply, nc
-            )
+        async def on_request(subject: str, reply: str, data: bytes, headers: Headers) -> None:
+            delivery = NatsDelivery(subject, data, headers, queue, reply, nc)
             try:
                 answer = await responder(delivery)
             except Exception as exc:
@@ -861,19 +906,10 @@ class NatsBroker(Broker):
             delete_consumer=queue is None and durable is None,
         )
 
-        async def on_message(
-            subject: str, reply: str, data: bytes, headers: dict[str, str] | None
-        ) -> None:
+        async def on_message(subject: str, reply: str, data: bytes, headers: Headers) -> None:
             if not reply:  # a status message, not a stored one
                 return
-            delivery = _JetStreamDelivery(
-                subject,
-                Message(data, {} if headers is None else headers),
-                queue,
-                reply,
-                nc,
-                settings,
-            )
+            delivery = _JetStreamDelivery(subject, data, headers, queue, reply, nc, settings)
             await dispatch(handler, delivery, auto_ack)
 
         assert config.deliver_subject is not None
