@@ -12,10 +12,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from kafka_helpers import FAST, committed_offsets, eventually
 from support.kafka_server import KafkaServer
 from support.process import free_port
 
+import microbroker
 from microbroker import Delivery, Message, get_broker
 from microbroker_kafka import KafkaBroker, KafkaConnectError, KafkaDelivery
 
@@ -256,3 +258,36 @@ async def test_a_member_killed_mid_batch_loses_nothing(
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+async def test_records_from_other_producers_reach_typed_subscribers(
+    kafka_server: KafkaServer,
+) -> None:
+    """Headers are read lazily: Content-Type in any case, non-UTF-8 values, none at all."""
+    t = topic()
+    got: list[tuple[object, str | None, dict[str, str]]] = []
+    service = microbroker.Service("kafka-typed", broker=KafkaBroker(kafka_server.address, **FAST))
+
+    @service.subscriber(t)
+    async def on(value: dict[str, int], ctx: microbroker.Context) -> None:
+        got.append((value, ctx.content_type, ctx.metadata.to_headers()))
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_server.address)
+    async with service:
+        await producer.start()
+        try:
+            records = [
+                (b'{"n":1}', [("Content-Type", b"application/json")]),
+                (b'{"n":2}', [("content-type", b"application/json")]),
+                (b'{"n":3}', [("X-Raw", b"\xff\xfe"), ("Content-Type", b"application/json")]),
+                (b'{"n":4}', None),
+            ]
+            for value, headers in records:
+                await producer.send_and_wait(t, value, headers=headers, partition=0)
+        finally:
+            await producer.stop()
+        await eventually(lambda: len(got) == 4, 60, "four typed deliveries")
+    assert [value for value, _, _ in got] == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
+    assert [content_type for _, content_type, _ in got] == ["application/json"] * 3 + [None]
+    assert got[2][2] == {"X-Raw": "\ufffd\ufffd", "Content-Type": "application/json"}
+    assert got[1][2] == {"content-type": "application/json"}

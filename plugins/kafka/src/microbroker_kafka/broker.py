@@ -22,7 +22,7 @@ import logging
 import re
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import (  # type: ignore[import-untyped]
@@ -51,6 +51,10 @@ from .errors import KafkaConnectError, SubscribeError
 from .options import KafkaOptions, parse_address
 
 logger = logging.getLogger("microbroker.kafka")
+
+CONTENT_TYPE = "Content-Type"
+RecordHeaders = Sequence[tuple[str, bytes]]
+"""A Kafka record's headers as aiokafka reads them: ``(name, value)`` pairs."""
 
 DEFAULT_ADDRESS = "127.0.0.1:9092"
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}").fullmatch
@@ -84,15 +88,20 @@ def _capabilities(settings: KafkaOptions) -> Capabilities:
 
 
 class KafkaDelivery(Delivery):
-    """A delivery from a Kafka partition; ack and nack settle its offset."""
+    """A delivery from a Kafka partition; ack and nack settle its offset.
 
-    __slots__ = ("_sub", "_tracker", "key", "offset", "partition")
+    The record's headers are turned into the message's dict the first time
+    :attr:`message` is read: a typed subscriber that never reads its metadata
+    only looks for ``Content-Type``.
+    """
+
+    __slots__ = ("_body", "_msg", "_raw_headers", "_sub", "_tracker", "key", "offset", "partition")
 
     def __init__(
         self,
         topic: str,
-        message: Message,
-        *,
+        body: bytes,
+        headers: RecordHeaders | dict[str, str],
         queue: str | None,
         attempt: int,
         sub: KafkaSubscriber,
@@ -101,9 +110,16 @@ class KafkaDelivery(Delivery):
         offset: int,
         key: bytes | None,
     ) -> None:
+        """``headers``: the record's ``(name, bytes)`` pairs, or a message's dict."""
         # Delivery.__init__, inlined: this runs once per message.
         self.topic = topic
-        self.message = message
+        self._body = body
+        if type(headers) is dict:
+            self._msg: Message | None = Message(body, headers)
+            self._raw_headers: RecordHeaders = ()
+        else:
+            self._msg = None
+            self._raw_headers = headers  # type: ignore[assignment]
         self.queue = queue
         self.attempt = attempt
         self._state = 0
@@ -113,6 +129,44 @@ class KafkaDelivery(Delivery):
         self.partition = partition
         self.offset = offset
         self.key = key
+
+    @property
+    def message(self) -> Message:
+        """The message: the record's value and its headers."""
+        message = self._msg
+        if message is None:
+            raw = self._raw_headers
+            message = self._msg = Message(
+                self._body, {k: v.decode("utf-8", "replace") for k, v in raw} if raw else {}
+            )
+        return message
+
+    @message.setter
+    def message(self, message: Message) -> None:
+        self._msg = message
+        self._body = message.body
+        self._raw_headers = ()
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @property
+    def content_type(self) -> str | None:
+        if self._msg is None:
+            found = None
+            for name, value in self._raw_headers:
+                if name == CONTENT_TYPE:
+                    found = value  # the last one wins, as in the dict
+            if found is not None:
+                return found.decode("utf-8", "replace")
+        return self.message.header(CONTENT_TYPE)
+
+    async def ack(self) -> None:
+        # Settled here rather than through Delivery's settle hook: this runs once per message.
+        if self._state == 0:
+            self._state = 1
+            self._tracker.ack(self.offset)
 
     async def _settle_ack(self) -> None:
         self._tracker.ack(self.offset)
@@ -297,24 +351,21 @@ class KafkaSubscriber(Subscriber):
                             # Left for the partition's next owner: aiokafka restarts a
                             # (re)assigned partition from its committed offset.
                             break
-                        raw = record.headers
                         offset = record.offset
                         part.outstanding.append(offset)
                         await dispatch(
                             handler,
                             KafkaDelivery(
                                 topic,
-                                Message(
-                                    record.value or b"",
-                                    {k: v.decode() for k, v in raw} if raw else {},
-                                ),
-                                queue=queue,
-                                attempt=1,
-                                sub=self,
-                                tracker=part,
-                                partition=partition,
-                                offset=offset,
-                                key=record.key,
+                                record.value or b"",
+                                record.headers,
+                                queue,
+                                1,
+                                self,
+                                part,
+                                partition,
+                                offset,
+                                record.key,
                             ),
                             auto_ack,
                         )
@@ -333,16 +384,18 @@ class KafkaSubscriber(Subscriber):
         return float(min(s.max_redelivery_delay, s.redelivery_delay * 2 ** (attempt - 1)))
 
     def _next(self, delivery: KafkaDelivery) -> KafkaDelivery:
+        message = delivery.message
         return KafkaDelivery(
             delivery.topic,
-            delivery.message,
-            queue=delivery.queue,
-            attempt=delivery.attempt + 1,
-            sub=self,
-            tracker=delivery._tracker,
-            partition=delivery.partition,
-            offset=delivery.offset,
-            key=delivery.key,
+            message.body,
+            message.headers,
+            delivery.queue,
+            delivery.attempt + 1,
+            self,
+            delivery._tracker,
+            delivery.partition,
+            delivery.offset,
+            delivery.key,
         )
 
     def _given_up(self, delivery: KafkaDelivery) -> bool:
