@@ -206,6 +206,42 @@ class BrokerConformance(RpcConformance):
 
         self._run(conformance, case)
 
+    def test_queue_group_members_on_one_connection_share_the_messages(
+        self, conformance: Harness
+    ) -> None:
+        """Members subscribed through one broker (one process, one connection) still share.
+
+        A service with several workers of one group subscribes them all on its
+        own broker: each message must still reach exactly one of them.
+        """
+        _need(conformance.capabilities.queue_groups, "queue_groups")
+
+        async def case(h: Harness) -> None:
+            pub, sub = await h.broker(), await h.broker()
+            topic = h.topic("queue.local")
+            members = [Inbox(f"member {i}") for i in range(3)]
+            for member in members:
+                await sub.subscribe(topic, member, queue="local-workers")
+            await h.settle()
+            total = 60
+            for n in range(total):
+                await pub.publish(topic, Message(str(n).encode()))
+            await Inbox("group").wait_until(
+                lambda: len({b for m in members for b in m.bodies}) >= total,
+                h.timeout,
+                "delivery of every message to the group",
+            )
+            await asyncio.sleep(h.quiet)
+            received = [body for member in members for body in member.bodies]
+            duplicated = sorted(b for b, count in Counter(received).items() if count > 1)
+            assert not duplicated, (
+                f"{len(duplicated)} of {total} messages reached more than one member "
+                f"of the group on one connection, e.g. {duplicated[:5]}"
+            )
+            assert len(received) == total
+
+        self._run(conformance, case)
+
     def test_order_is_kept_for_one_subscriber(self, conformance: Harness) -> None:
         _need(conformance.capabilities.ordering, "ordering")
 

@@ -585,7 +585,7 @@ class MqttBroker(Broker):
         message = self._decode(payload, properties)
         first = True
         for route in routes:
-            for sub in route.subs:
+            for sub in route.receivers():
                 if first:
                     sub._push(Delivery(topic, message, queue=sub.queue))
                     first = False
@@ -611,8 +611,8 @@ class MqttBroker(Broker):
         kept: deque[tuple[str, bytes, Mapping[str, Any]]] = deque()
         for topic, payload, properties in self._orphans:
             if route.matches(topic):
-                message = self._decode(payload, properties)
-                for sub in route.subs:
+                for sub in route.receivers():
+                    message = self._decode(payload, properties)
                     sub._push(Delivery(topic, message, queue=sub.queue))
             else:
                 kept.append((topic, payload, properties))
@@ -787,9 +787,15 @@ class MqttSubscriber(Subscriber):
 
 
 class _Route:
-    """One MQTT subscription (topic filter) and the local subscribers that share it."""
+    """One MQTT subscription (topic filter) and the local subscribers that share it.
 
-    __slots__ = ("filter", "id", "levels", "literal", "qos", "subs", "topic")
+    The server sends one copy per subscription. A plain route hands it to every
+    local subscriber; a shared one (``$share/<queue>/...``) is one member of the
+    group as the server sees it, so it hands each message to one local member,
+    in turn.
+    """
+
+    __slots__ = ("filter", "id", "levels", "literal", "qos", "shared", "subs", "topic", "turn")
 
     def __init__(self, mqtt_filter: str, topic: str, subscription_id: int, qos: int) -> None:
         self.filter = mqtt_filter
@@ -797,8 +803,18 @@ class _Route:
         self.id = subscription_id
         self.qos = qos
         self.subs: list[MqttSubscriber] = []
+        self.shared = mqtt_filter.startswith("$share/")
+        self.turn = 0
         self.literal = "+" not in topic and "#" not in topic
         self.levels = topic.split("/")
+
+    def receivers(self) -> list[MqttSubscriber]:
+        """The local subscribers that get the next message."""
+        subs = self.subs
+        if not self.shared or len(subs) < 2:
+            return subs
+        self.turn = turn = (self.turn + 1) % len(subs)
+        return [subs[turn]]
 
     def matches(self, topic: str) -> bool:
         if self.literal:
