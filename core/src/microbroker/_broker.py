@@ -262,5 +262,8 @@ async def dispatch(handler: Handler, delivery: Delivery, auto_ack: bool) -> None
         if not delivery.settled:
             await delivery.nack()
     else:
-        if auto_ack and not delivery.settled:
-            await delivery.ack()
+        if auto_ack and delivery._state == 0:
+            if delivery.acks_locally:
+                delivery._state = 1
+            else:
+                await delivery.ack()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,8 @@ class Client(ClientRpc):
         self.broker = broker
         self.content_type = content_type
         self._codecs: dict[str, codecs.Codec] = {}
+        # Payload type -> its default content type and encoder (see _encoding_of).
+        self._by_type: dict[type, tuple[str, Callable[[Any], bytes]]] = {}
 
     def new_message(
         self, topic: str, payload: Any, *, content_type: str | None = None
@@ -89,19 +91,21 @@ class Client(ClientRpc):
         The headers are the ``metadata`` (less any reserved name), then
         ``Content-Type``, ``Micro-Topic`` and a new ``Micro-Id``.
         """
-        if content_type is None:
-            content_type = self.content_type
+        if content_type is None and self.content_type is None:
+            # The common case: the payload's type decides both content type and encoder.
+            by_type = self._by_type.get(type(payload))
+            if by_type is None:
+                by_type = self._encoding_of(payload)
+            content_type, encode = by_type
+            body = encode(payload)
+        else:
             if content_type is None:
-                kind = type(payload)
-                content_type = _DEFAULT_TYPES.get(kind)
-                if content_type is None:
-                    content_type = codecs.content_type_for(payload)
-                    if len(_DEFAULT_TYPES) < _MAX_DEFAULT_TYPES:
-                        _DEFAULT_TYPES[kind] = content_type
-        codec = self._codecs.get(content_type)
-        if codec is None:
-            codec = self.codec(content_type)
-        body = codec.encode(payload)
+                content_type = self.content_type
+            assert content_type is not None
+            codec = self._codecs.get(content_type)
+            if codec is None:
+                codec = self.codec(content_type)
+            body = codec.encode(payload)
         if not metadata:
             return Message(body, {CONTENT_TYPE: content_type, TOPIC: topic, ID: new_message_id()})
         headers = {key: value for key, value in metadata.items() if key.casefold() not in RESERVED}
@@ -109,6 +113,23 @@ class Client(ClientRpc):
         headers[TOPIC] = topic
         headers[ID] = new_message_id()
         return Message(body, headers)
+
+    def _encoding_of(self, payload: Any) -> tuple[str, Callable[[Any], bytes]]:
+        """The default content type of ``payload``'s type and the encoder for it, cached."""
+        kind = type(payload)
+        content_type = _DEFAULT_TYPES.get(kind)
+        if content_type is None:
+            content_type = codecs.content_type_for(payload)
+            if len(_DEFAULT_TYPES) < _MAX_DEFAULT_TYPES:
+                _DEFAULT_TYPES[kind] = content_type
+        codec = self.codec(content_type)
+        encode: Callable[[Any], bytes] = codec.encode
+        if type(codec) is codecs.ProtobufCodec and codecs.is_protobuf_type(kind):
+            encode = kind.SerializeToString  # what ProtobufCodec.encode calls, without the call
+        by_type = (content_type, encode)
+        if len(self._by_type) < _MAX_DEFAULT_TYPES:
+            self._by_type[kind] = by_type
+        return by_type
 
     def codec(self, content_type: str) -> codecs.Codec:
         """The codec for ``content_type``, looked up once per client."""

@@ -37,7 +37,10 @@ class Event:
         client = self.client
         topic = self.topic
         built = client.build_message(topic, message, content_type or self.content_type, metadata)
-        await client.broker.publish(topic, built, **options)
+        if options:
+            await client.broker.publish(topic, built, **options)
+        else:
+            await client.broker.publish(topic, built)
 
     def __repr__(self) -> str:
         return f"<Event topic={self.topic!r}>"

@@ -17,13 +17,13 @@ RESERVED = frozenset(name.casefold() for name in (CONTENT_TYPE, TOPIC, ID))
 
 # Unique message ids without a uuid4 per message: a random per-process prefix
 # and a counter. Unique across processes with overwhelming probability.
-_PREFIX = os.urandom(8).hex()
+_PREFIX = os.urandom(8).hex() + "-"
 _counter = itertools.count(1)
 
 
 def new_message_id() -> str:
-    """A new unique message id, for the ``Micro-Id`` header."""
-    return f"{_PREFIX}-{next(_counter):x}"
+    """A new unique message id, for the ``Micro-Id`` header: ``<16 hex digits>-<decimal>``."""
+    return _PREFIX + str(next(_counter))
 
 
 class Metadata(MutableMapping[str, str]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass(slots=True)
@@ -42,6 +43,11 @@ class Delivery:
     """
 
     __slots__ = ("_state", "attempt", "message", "queue", "topic")
+
+    #: True when :meth:`ack` only records the outcome (nothing to tell the
+    #: transport): the broker's dispatch then records it without awaiting ack().
+    #: A subclass whose ack does more must leave it False.
+    acks_locally: ClassVar[bool] = False
 
     def __init__(
         self, topic: str, message: Message, *, queue: str | None = None, attempt: int = 1

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
 import typing
 from asyncio import current_task
+from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +22,16 @@ from ._retry import RetryPolicy, retrying
 from ._rpc_server import ServerRpc
 
 SubscriberFunc = Callable[..., Awaitable[None]]
+
+# The task running a delivery, read once per delivery: ``_task_of(_get_running_loop())``.
+# asyncio.current_task() is Python code on 3.11, so read its (C) table directly there.
+_task_of: Callable[[asyncio.AbstractEventLoop | None], asyncio.Task[Any] | None]
+if sys.version_info < (3, 12):
+    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
+
+    _task_of = _current_tasks.get
+else:  # pragma: no cover - C code from 3.12 on
+    _task_of = current_task
 
 
 class Subscription:
@@ -136,7 +148,7 @@ class _TypedHandler:
             await delivery.nack()
             return
         running = in_flight.running
-        running[delivery] = current_task()
+        running[delivery] = _task_of(_get_running_loop())
         try:
             if self._raw:
                 value: Any = delivery if self._into is Delivery else delivery.message
@@ -156,7 +168,7 @@ class _TypedHandler:
                 await self._fn(value)
         finally:
             del running[delivery]
-            if not running:
+            if not running and in_flight.idle is not None:
                 in_flight.drained()
 
     async def _undecodable(

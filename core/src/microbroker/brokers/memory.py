@@ -245,6 +245,8 @@ class _TopicNode:
 class _MemoryDelivery(Delivery):
     __slots__ = ("_sub",)
 
+    acks_locally = True  # an ack only ends the delivery; a nack redelivers
+
     def __init__(self, sub: _MemorySubscriber, topic: str, message: Message, attempt: int) -> None:
         Delivery.__init__(self, topic, message, queue=sub.queue, attempt=attempt)
         self._sub = sub

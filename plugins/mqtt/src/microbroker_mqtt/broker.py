@@ -587,11 +587,11 @@ class MqttBroker(Broker):
         for route in routes:
             for sub in route.receivers():
                 if first:
-                    sub._push(Delivery(topic, message, queue=sub.queue))
+                    sub._push(_MqttDelivery(topic, message, queue=sub.queue))
                     first = False
                 else:  # each handler gets headers of its own to change
                     copy = Message(message.body, dict(message.headers))
-                    sub._push(Delivery(topic, copy, queue=sub.queue))
+                    sub._push(_MqttDelivery(topic, copy, queue=sub.queue))
         return 0
 
     def _keep_orphan(self, topic: str, payload: bytes, properties: Mapping[str, Any]) -> None:
@@ -613,7 +613,7 @@ class MqttBroker(Broker):
             if route.matches(topic):
                 for sub in route.receivers():
                     message = self._decode(payload, properties)
-                    sub._push(Delivery(topic, message, queue=sub.queue))
+                    sub._push(_MqttDelivery(topic, message, queue=sub.queue))
             else:
                 kept.append((topic, payload, properties))
         self._orphans = kept
@@ -784,6 +784,14 @@ class MqttSubscriber(Subscriber):
                 self._running = False
                 if broker._draining:
                     broker._progress.set()
+
+
+class _MqttDelivery(Delivery):
+    """A delivery from MQTT: the client has acknowledged it to the server already."""
+
+    __slots__ = ()
+
+    acks_locally = True
 
 
 class _Route:

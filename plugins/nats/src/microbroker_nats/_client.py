@@ -393,7 +393,15 @@ class FastClient(Client):
             elif headers[8:9] == b" ":
                 return True  # a status message (heartbeat, flow control): none is asked for
         # The header block is parsed by the delivery, when (and if) it is read.
-        sink.push((name, reply.decode() if reply else "", data, headers))
+        item = (name, reply.decode() if reply else "", data, headers)
+        items = sink._items
+        if len(items) >= PENDING_LIMIT:
+            sink.push(item)  # counts and reports the drop
+            return True
+        items.append(item)  # Sink.push, inlined: this runs once per message
+        waiter = sink._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         return True
 
     async def _process_msg(
@@ -426,22 +434,24 @@ class FastClient(Client):
         size = len(payload)
         if size > self._max_payload:
             raise MaxPayloadError
+        # The command's parts go to the buffer as they are (the flusher writes them with
+        # writelines): no copy of the payload into one command.
         if headers:
             hdr = encode_headers(headers)
             hdr_len = len(hdr)
-            command = (
-                f"HPUB {subject}  {hdr_len} {hdr_len + size}\r\n".encode() + hdr + payload + _CRLF
-            )
+            line = f"HPUB {subject}  {hdr_len} {hdr_len + size}\r\n".encode()
+            self._pending += (line, hdr, payload, _CRLF)
+            self._pending_data_size += len(line) + hdr_len + size + 2
         else:
-            command = f"PUB {subject}  {size}\r\n".encode() + payload + _CRLF
-        self._pending.append(command)
-        self._pending_data_size += len(command)
+            line = f"PUB {subject}  {size}\r\n".encode()
+            self._pending += (line, payload, _CRLF)
+            self._pending_data_size += len(line) + size + 2
         stats = self.stats
         stats["out_msgs"] += 1
         stats["out_bytes"] += size
         if self._max_pending_size > 0 and self._pending_data_size > self._max_pending_size:
             return WRITE_FORCE
-        if flush_queue.empty():
+        if not flush_queue._queue:  # type: ignore[attr-defined]  # empty(), without the call
             return WRITE_KICK
         return WRITE_DONE
 

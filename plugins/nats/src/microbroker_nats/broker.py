@@ -52,6 +52,10 @@ logger = logging.getLogger("microbroker.nats")
 
 CONTENT_TYPE = "Content-Type"
 _CONTENT_TYPE_LINE = b"\r\nContent-Type:"
+_CONTENT_TYPE_SKIP = len(_CONTENT_TYPE_LINE)
+# Content-Type values as they come off the wire (with any spaces) -> the decoded value.
+_content_types: dict[bytes, str] = {}
+_CONTENT_TYPES_KEPT = 64
 
 WILDCARDS = Wildcards(separator=".", one="*", many=">")
 #: Headers and protocol framing a message may need on top of its body, checked
@@ -97,7 +101,8 @@ class NatsDelivery(Delivery):
     only pays for finding ``Content-Type``.
     """
 
-    __slots__ = ("_body", "_msg", "_nc", "_raw_headers", "_reply")
+    # ``body`` is a plain attribute here (Delivery's is a property): read once per message.
+    __slots__ = ("_msg", "_nc", "_raw_headers", "_reply", "body")
 
     def __init__(
         self,
@@ -112,7 +117,7 @@ class NatsDelivery(Delivery):
         """``headers``: a dict, ``None``, or the raw NATS header block (parsed when read)."""
         # Set directly rather than through Delivery.__init__: this runs once per message.
         self.topic = topic
-        self._body = body
+        self.body = body  # type: ignore[misc]  # a slot here, a property in Delivery
         if type(headers) is bytes:
             self._msg: Message | None = None
             self._raw_headers: bytes | None = headers
@@ -131,18 +136,14 @@ class NatsDelivery(Delivery):
         message = self._msg
         if message is None:
             raw = self._raw_headers
-            message = self._msg = Message(self._body, parse_header_lines(raw[10:]) if raw else {})
+            message = self._msg = Message(self.body, parse_header_lines(raw[10:]) if raw else {})
         return message
 
     @message.setter
     def message(self, message: Message) -> None:
         self._msg = message
-        self._body = message.body
+        self.body = message.body  # type: ignore[misc]
         self._raw_headers = None
-
-    @property
-    def body(self) -> bytes:
-        return self._body
 
     @property
     def content_type(self) -> str | None:
@@ -156,16 +157,24 @@ class NatsDelivery(Delivery):
         start = raw.rfind(_CONTENT_TYPE_LINE)
         if start < 0:
             return self.message.header(CONTENT_TYPE)  # absent, or spelt in another case
-        start += len(_CONTENT_TYPE_LINE)
-        return raw[start : raw.find(b"\r\n", start)].strip().decode("utf-8", "replace")
+        start += _CONTENT_TYPE_SKIP
+        value = raw[start : raw.find(b"\r\n", start)]
+        text = _content_types.get(value)
+        if text is None:
+            text = value.strip().decode("utf-8", "replace")
+            if len(_content_types) < _CONTENT_TYPES_KEPT:
+                _content_types[value] = text
+        return text
 
     @property
     def reply_to(self) -> str | None:
         """The subject a request expects its reply on, or ``None`` for a plain publish."""
         return self._reply or None
 
+    # Core NATS has nothing to tell the server: acking only records the outcome.
+    acks_locally = True
+
     async def ack(self) -> None:
-        # Core NATS has nothing to tell the server: record the outcome, skip the settle call.
         if self._state == 0:
             self._state = 1
 
@@ -209,6 +218,7 @@ class _JetStreamDelivery(NatsDelivery):
         return None  # the reply subject of a JetStream message is its ack subject
 
     # JetStream settles with the server: Delivery's own ack/nack, which call the settle hooks.
+    acks_locally = False
     ack = Delivery.ack
     nack = Delivery.nack
 
@@ -687,9 +697,10 @@ class NatsBroker(Broker):
             return await self._subscribe_jetstream(topic, handler, queue, auto_ack, durable)
         sub = NatsSubscriber(self, topic, queue, auto_ack)
 
-        async def on_message(subject: str, reply: str, data: bytes, headers: Headers) -> None:
+        def on_message(subject: str, reply: str, data: bytes, headers: Headers) -> Awaitable[None]:
+            # Not a coroutine of its own: the sink awaits dispatch's directly.
             delivery = NatsDelivery(subject, data, headers, queue, reply, nc)
-            await dispatch(handler, delivery, auto_ack)
+            return dispatch(handler, delivery, auto_ack)
 
         await sub._start(nc, topic, on_message)
         self._subs.add(sub)
