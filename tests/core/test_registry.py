@@ -128,7 +128,43 @@ def test_broker_not_found_lists_suggests_and_names_the_package() -> None:
     message = str(error)
     assert "memory" in message
     assert "Did you mean 'memory'?" in message
-    assert "pip install microbroker-memroy" in message
+    # A typo of an installed broker is not sent to PyPI for a package that does not exist.
+    assert "pip install" not in message
+    assert error.install is None
+
+
+def test_a_typo_of_a_plugin_not_installed_names_its_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from microbroker import _registry
+
+    monkeypatch.setattr(_registry, "KNOWN_BROKER_PLUGINS", {"zeromq": "microbroker-zeromq"})
+    with pytest.raises(microbroker.BrokerNotFound) as info:
+        microbroker.get_broker("zeromqq")
+    error = info.value
+    assert error.suggestion == "zeromq"
+    assert error.install == "microbroker-zeromq"
+    assert "Did you mean 'zeromq'? Install it: pip install microbroker-zeromq" in str(error)
+
+
+def test_a_plugin_not_installed_is_named_with_its_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from microbroker import _registry
+
+    monkeypatch.setattr(_registry, "KNOWN_BROKER_PLUGINS", {"zeromq": "microbroker-zeromq"})
+    with pytest.raises(microbroker.BrokerNotFound) as info:
+        microbroker.get_broker("zeromq")
+    assert info.value.suggestion is None
+    assert info.value.install == "microbroker-zeromq"
+    assert "It is a plugin: pip install microbroker-zeromq" in str(info.value)
+
+
+def test_a_name_close_to_nothing_gets_the_plugin_naming_rule() -> None:
+    with pytest.raises(microbroker.BrokerNotFound) as info:
+        microbroker.get_broker("xyzzy")
+    assert info.value.suggestion is None
+    assert "If 'xyzzy' is a plugin, install it: pip install microbroker-xyzzy" in str(info.value)
 
 
 def test_broker_not_found_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

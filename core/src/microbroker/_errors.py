@@ -23,20 +23,28 @@ class PluginNotFound(MicrobrokerError, LookupError):
         *,
         suggestion: str | None = None,
         kind: str = "broker",
+        install: str | None = None,
     ) -> None:
         self.name = name
         self.available = tuple(available)
+        #: The closest name: an installed one, or a known plugin that is not installed.
         self.suggestion = suggestion
         self.kind = kind
+        #: The distribution that provides ``suggestion`` when it is not installed.
+        self.install = install
         parts = [f"no {kind} named {name!r} is installed."]
         parts.append(
             f"Installed {kind}s: {', '.join(self.available)}."
             if self.available
             else f"No {kind}s are installed."
         )
-        if suggestion is not None:
+        if suggestion is not None and install is not None:
+            parts.append(f"Did you mean {suggestion!r}? Install it: pip install {install}")
+        elif install is not None:
+            parts.append(f"It is a plugin: pip install {install}")
+        elif suggestion is not None:
             parts.append(f"Did you mean {suggestion!r}?")
-        if kind == "broker":
+        elif kind == "broker":
             parts.append(f"If {name!r} is a plugin, install it: pip install microbroker-{name}")
         super().__init__(" ".join(parts))
 

@@ -29,6 +29,14 @@ Kind = Literal["broker", "codec", "client", "server", "registry"]
 _KINDS: tuple[Kind, ...] = ("broker", "codec", "client", "server", "registry")
 _EVENT_HOOKS = ("on_publish", "on_deliver", "wrap_publish", "wrap_handler")
 
+#: The project's own broker plugins, separately installed: a broker name close to
+#: one of these (``natz``) is answered with the distribution to install.
+KNOWN_BROKER_PLUGINS = {
+    "nats": "microbroker-nats",
+    "mqtt": "microbroker-mqtt",
+    "kafka": "microbroker-kafka",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class PluginInfo:
@@ -283,8 +291,19 @@ class Registry:
             ) from failed
         names = sorted(table)
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-        error_type = BrokerNotFound if kind == "broker" else PluginNotFound
-        raise error_type(name, names, suggestion=close[0] if close else None, kind=kind)
+        if close or kind != "broker":
+            error_type = BrokerNotFound if kind == "broker" else PluginNotFound
+            raise error_type(name, names, suggestion=close[0] if close else None, kind=kind)
+        # Not close to anything installed: perhaps to a plugin of the project's own.
+        if name in KNOWN_BROKER_PLUGINS:
+            raise BrokerNotFound(name, names, install=KNOWN_BROKER_PLUGINS[name])
+        known = [known for known in KNOWN_BROKER_PLUGINS if known not in table]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        if close:
+            raise BrokerNotFound(
+                name, names, suggestion=close[0], install=KNOWN_BROKER_PLUGINS[close[0]]
+            )
+        raise BrokerNotFound(name, names)
 
 
 class _Registrar:
