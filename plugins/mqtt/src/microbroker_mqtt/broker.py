@@ -673,10 +673,7 @@ class MqttBroker(Broker):
 
     # Flow control of deliveries ----------------------------------------------------
 
-    def _received(self) -> None:
-        self._pending += 1
-        if self._pending > self.settings.max_pending and not self._reading_paused:
-            self._pause_reading()
+    # A delivery queued is counted by MqttSubscriber._push itself (once per delivery).
 
     def _handled(self) -> None:
         self._pending -= 1
@@ -725,8 +722,8 @@ class MqttSubscriber(Subscriber):
         self._broker = broker
         self._handler = handler
         self._queue: deque[Delivery] = deque()
-        self._wake = asyncio.Event()
-        self._idle = False
+        # Set while the worker waits for a delivery (a bare future: cheaper than an Event).
+        self._waiter: asyncio.Future[None] | None = None
         self._active = True
         self._running = False
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -757,25 +754,33 @@ class MqttSubscriber(Subscriber):
         if not self._active:
             return
         self._queue.append(delivery)
-        self._broker._received()
-        if self._idle:
-            self._idle = False
-            self._wake.set()
+        broker = self._broker
+        broker._pending += 1
+        if broker._pending > broker.settings.max_pending and not broker._reading_paused:
+            broker._pause_reading()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _run(self) -> None:
         queue = self._queue
         broker = self._broker
         handler = self._handler
         auto_ack = self.auto_ack
+        loop = asyncio.get_running_loop()
         while True:
             if not queue:
-                self._wake.clear()
-                self._idle = True
-                await self._wake.wait()
+                waiter = self._waiter = loop.create_future()
+                await waiter
                 continue
             delivery = queue.popleft()
             self._running = True
-            broker._handled()
+            if broker._reading_paused:
+                broker._handled()
+            else:
+                broker._pending -= 1  # _handled(), when there is no reading to resume
             try:
                 await dispatch(handler, delivery, auto_ack)
             except Exception:  # dispatch reports handler errors; this is the hook failing
