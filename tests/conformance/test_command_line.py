@@ -22,7 +22,13 @@ def test_command_names_the_closest_broker_for_a_typo() -> None:
     result = run("-m", "microbroker.conformance", "--broker", "memroy")
     assert result.returncode == 2
     assert "Did you mean 'memory'?" in result.stderr
-    assert "pip install microbroker-memroy" in result.stderr
+    assert "pip install" not in result.stderr  # a typo of an installed broker
+
+
+def test_command_names_the_package_of_an_unknown_broker() -> None:
+    result = run("-m", "microbroker.conformance", "--broker", "xyzzy")
+    assert result.returncode == 2
+    assert "pip install microbroker-xyzzy" in result.stderr
 
 
 def test_command_fails_when_a_case_fails() -> None:
