@@ -133,12 +133,16 @@ def test_broker_not_found_lists_suggests_and_names_the_package() -> None:
     assert error.install is None
 
 
-def test_a_typo_of_a_plugin_not_installed_names_its_package(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def zeromq_is_a_known_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A known plugin of the project that is certainly not installed."""
     from microbroker import _registry
 
     monkeypatch.setattr(_registry, "KNOWN_BROKER_PLUGINS", {"zeromq": "microbroker-zeromq"})
+
+
+@pytest.mark.usefixtures("zeromq_is_a_known_plugin")
+def test_a_typo_of_a_plugin_not_installed_names_its_package() -> None:
     with pytest.raises(microbroker.BrokerNotFound) as info:
         microbroker.get_broker("zeromqq")
     error = info.value
@@ -147,12 +151,8 @@ def test_a_typo_of_a_plugin_not_installed_names_its_package(
     assert "Did you mean 'zeromq'? Install it: pip install microbroker-zeromq" in str(error)
 
 
-def test_a_plugin_not_installed_is_named_with_its_package(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from microbroker import _registry
-
-    monkeypatch.setattr(_registry, "KNOWN_BROKER_PLUGINS", {"zeromq": "microbroker-zeromq"})
+@pytest.mark.usefixtures("zeromq_is_a_known_plugin")
+def test_a_plugin_not_installed_is_named_with_its_package() -> None:
     with pytest.raises(microbroker.BrokerNotFound) as info:
         microbroker.get_broker("zeromq")
     assert info.value.suggestion is None

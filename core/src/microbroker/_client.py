@@ -12,9 +12,8 @@ from ._headers import CONTENT_TYPE, ID, RESERVED, TOPIC, new_message_id
 from ._message import Message
 from ._rpc_client import ClientRpc
 
-# The default content type of each payload type seen (it depends only on the type).
-_DEFAULT_TYPES: dict[type, str] = {}
-_MAX_DEFAULT_TYPES = 256
+# Payload types whose default encoding one client keeps (see Client._encoding_of).
+_MAX_CACHED_TYPES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +116,13 @@ class Client(ClientRpc):
     def _encoding_of(self, payload: Any) -> tuple[str, Callable[[Any], bytes]]:
         """The default content type of ``payload``'s type and the encoder for it, cached."""
         kind = type(payload)
-        content_type = _DEFAULT_TYPES.get(kind)
-        if content_type is None:
-            content_type = codecs.content_type_for(payload)
-            if len(_DEFAULT_TYPES) < _MAX_DEFAULT_TYPES:
-                _DEFAULT_TYPES[kind] = content_type
+        content_type = codecs.content_type_for(payload)
         codec = self.codec(content_type)
         encode: Callable[[Any], bytes] = codec.encode
         if type(codec) is codecs.ProtobufCodec and codecs.is_protobuf_type(kind):
             encode = kind.SerializeToString  # what ProtobufCodec.encode calls, without the call
         by_type = (content_type, encode)
-        if len(self._by_type) < _MAX_DEFAULT_TYPES:
+        if len(self._by_type) < _MAX_CACHED_TYPES:
             self._by_type[kind] = by_type
         return by_type
 

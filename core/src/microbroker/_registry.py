@@ -297,8 +297,8 @@ class Registry:
         # Not close to anything installed: perhaps to a plugin of the project's own.
         if name in KNOWN_BROKER_PLUGINS:
             raise BrokerNotFound(name, names, install=KNOWN_BROKER_PLUGINS[name])
-        known = [known for known in KNOWN_BROKER_PLUGINS if known not in table]
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        missing = [plugin for plugin in KNOWN_BROKER_PLUGINS if plugin not in table]
+        close = difflib.get_close_matches(name, missing, n=1, cutoff=0.5)
         if close:
             raise BrokerNotFound(
                 name, names, suggestion=close[0], install=KNOWN_BROKER_PLUGINS[close[0]]

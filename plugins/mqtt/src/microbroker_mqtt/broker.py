@@ -673,7 +673,10 @@ class MqttBroker(Broker):
 
     # Flow control of deliveries ----------------------------------------------------
 
-    # A delivery queued is counted by MqttSubscriber._push itself (once per delivery).
+    def _received(self) -> None:
+        self._pending += 1
+        if self._pending > self.settings.max_pending and not self._reading_paused:
+            self._pause_reading()
 
     def _handled(self) -> None:
         self._pending -= 1
@@ -754,10 +757,7 @@ class MqttSubscriber(Subscriber):
         if not self._active:
             return
         self._queue.append(delivery)
-        broker = self._broker
-        broker._pending += 1
-        if broker._pending > broker.settings.max_pending and not broker._reading_paused:
-            broker._pause_reading()
+        self._broker._received()
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -777,10 +777,7 @@ class MqttSubscriber(Subscriber):
                 continue
             delivery = queue.popleft()
             self._running = True
-            if broker._reading_paused:
-                broker._handled()
-            else:
-                broker._pending -= 1  # _handled(), when there is no reading to resume
+            broker._handled()
             try:
                 await dispatch(handler, delivery, auto_ack)
             except Exception:  # dispatch reports handler errors; this is the hook failing

@@ -393,15 +393,7 @@ class FastClient(Client):
             elif headers[8:9] == b" ":
                 return True  # a status message (heartbeat, flow control): none is asked for
         # The header block is parsed by the delivery, when (and if) it is read.
-        item = (name, reply.decode() if reply else "", data, headers)
-        items = sink._items
-        if len(items) >= PENDING_LIMIT:
-            sink.push(item)  # counts and reports the drop
-            return True
-        items.append(item)  # Sink.push, inlined: this runs once per message
-        waiter = sink._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        sink.push((name, reply.decode() if reply else "", data, headers))
         return True
 
     async def _process_msg(
