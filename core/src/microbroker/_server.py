@@ -8,7 +8,6 @@ import inspect
 import sys
 import typing
 from asyncio import current_task
-from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,8 +22,10 @@ from ._rpc_server import ServerRpc
 
 SubscriberFunc = Callable[..., Awaitable[None]]
 
-# The task running a delivery, read once per delivery: ``_task_of(_get_running_loop())``.
-# asyncio.current_task() is Python code on 3.11, so read its (C) table directly there.
+# The task running a delivery, read once per delivery: ``_task_of(loop)``, with the loop
+# the handler was bound in (asyncio's C get_running_loop() makes a getpid() system call
+# each time on 3.11). asyncio.current_task() is Python code on 3.11, so read its (C)
+# table directly there.
 _task_of: Callable[[asyncio.AbstractEventLoop | None], asyncio.Task[Any] | None]
 if sys.version_info < (3, 12):
     from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
@@ -123,6 +124,7 @@ class _TypedHandler:
         "_fn",
         "_in_flight",
         "_into",
+        "_loop",
         "_raise_decode_errors",
         "_raw",
         "_takes_ctx",
@@ -131,6 +133,8 @@ class _TypedHandler:
 
     def __init__(self, subscription: Subscription, in_flight: _InFlight) -> None:
         self._in_flight = in_flight
+        # Made in the loop that will run its deliveries: the broker's, bound to this one.
+        self._loop = asyncio.get_running_loop()
         self._fn = subscription.handler
         self._into = subscription.message_type
         self._takes_ctx = subscription.takes_context
@@ -148,7 +152,7 @@ class _TypedHandler:
             await delivery.nack()
             return
         running = in_flight.running
-        running[delivery] = _task_of(_get_running_loop())
+        running[delivery] = _task_of(self._loop)
         try:
             if self._raw:
                 value: Any = delivery if self._into is Delivery else delivery.message
