@@ -28,4 +28,4 @@ def new_mosquitto() -> Iterator[Callable[..., MosquittoServer]]:
 
     yield start
     for server in servers:
-        server.stop()
+        server.close()

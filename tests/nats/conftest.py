@@ -35,4 +35,4 @@ def new_nats_server() -> Iterator[Callable[..., NatsServer]]:
 
     yield start
     for server in servers:
-        server.stop()
+        server.close()

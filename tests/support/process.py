@@ -74,6 +74,8 @@ class ServerProcess:
         self._argv_for = argv_for
         self._ready = ready
         self.start_timeout = start_timeout
+        # A work directory made here is removed by close(); one given is the caller's.
+        self._owns_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"microbroker-{name}-"))
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -167,5 +169,11 @@ class ServerProcess:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Stop the server and remove the work directory made for it (its data and log)."""
         self.stop()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
