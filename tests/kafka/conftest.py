@@ -29,7 +29,7 @@ def new_kafka_server() -> Iterator[Callable[..., KafkaServer]]:
 
     yield start
     for server in servers:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture
@@ -45,4 +45,4 @@ def durable_kafka_server() -> Iterator[KafkaServer]:
             server.start()
             yield server
         finally:
-            server.stop()
+            server.close()

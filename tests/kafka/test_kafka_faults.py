@@ -129,7 +129,8 @@ async def test_a_durable_server_killed_mid_stream_loses_none_of_10000_messages(
     rejoins by itself; ``late`` reads the first 3,000, leaves (committing them),
     and comes back only after the restart, with ``offset_reset="latest"``: it
     gets the rest only if the records stored before the kill and its committed
-    offset survived it. Each group gets every one of the 10,000 at least once;
+    offset survived it. A broadcast subscriber (no queue, no group) stays
+    subscribed across the kill too. Each gets every one of the 10,000 at least once;
     duplicates (a retried publish the server had stored, an offset handled but not
     yet committed at the kill) are allowed, counted and reported.
     """
@@ -138,6 +139,7 @@ async def test_a_durable_server_killed_mid_stream_loses_none_of_10000_messages(
     live_group, late_group = f"live-{uuid.uuid4().hex[:8]}", f"late-{uuid.uuid4().hex[:8]}"
     live: Counter[int] = Counter()
     late: Counter[int] = Counter()
+    every: Counter[int] = Counter()
     options = {**FAST, "persistence": True}
 
     async def on_live(delivery: Delivery) -> None:
@@ -146,6 +148,9 @@ async def test_a_durable_server_killed_mid_stream_loses_none_of_10000_messages(
     async def on_late(delivery: Delivery) -> None:
         late[int(delivery.message.body)] += 1
 
+    async def on_every(delivery: Delivery) -> None:
+        every[int(delivery.message.body)] += 1
+
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with (
@@ -153,6 +158,7 @@ async def test_a_durable_server_killed_mid_stream_loses_none_of_10000_messages(
         KafkaBroker(server.address, request_timeout=5.0, **options) as sub,
     ):
         await sub.subscribe(topic, on_live, queue=live_group)
+        await sub.subscribe(topic, on_every)
         leaving = await sub.subscribe(topic, on_late, queue=late_group, offset_reset="latest")
         publisher = RetryingPublisher(pub, topic)
         await asyncio.gather(*publisher.start(range(3000)))
@@ -171,29 +177,38 @@ async def test_a_durable_server_killed_mid_stream_loses_none_of_10000_messages(
         await asyncio.sleep(3.0)
         await asyncio.to_thread(server.start)
         listening_at = loop.time()
-        live_at_restart = len(live)
+        live_at_restart, every_at_restart = len(live), len(every)
         await asyncio.wait_for(asyncio.gather(*rest), 180)
         await eventually(lambda: len(live) > live_at_restart, 60, "a live delivery after restart")
         resumed_at = loop.time()
+        await eventually(
+            lambda: len(every) > every_at_restart, 60, "a broadcast delivery after restart"
+        )
+        every_resumed_at = loop.time()
 
         await sub.subscribe(topic, on_late, queue=late_group, offset_reset="latest")
         await eventually(lambda: len(live) >= TOTAL, 120, f"live delivery of all {TOTAL}")
         await eventually(lambda: len(late) >= TOTAL, 120, f"late delivery of all {TOTAL}")
+        await eventually(lambda: len(every) >= TOTAL, 120, f"broadcast delivery of all {TOTAL}")
         assert pub.connected
         assert sub.connected
     everything = set(range(TOTAL))
     live_duplicates = sum(c - 1 for c in live.values())
     late_duplicates = sum(c - 1 for c in late.values())
+    every_duplicates = sum(c - 1 for c in every.values())
     print(
         f"\ndurable kill: {TOTAL} published, {confirmed_before_kill} confirmed before the kill, "
         f"{publisher.retries} publishes retried; live group {len(live)} distinct delivered, "
         f"{live_duplicates} duplicates; late group {len(late)} distinct delivered, "
-        f"{late_duplicates} duplicates; tansu listening again {listening_at - killed_at:.1f}s "
-        f"after the kill (3.0s of it down on purpose), live deliveries resumed "
-        f"{resumed_at - listening_at:.1f}s after that; {loop.time() - started:.1f}s in all"
+        f"{late_duplicates} duplicates; broadcast {len(every)} distinct, {every_duplicates} "
+        f"duplicates; tansu listening again {listening_at - killed_at:.1f}s after the kill "
+        f"(3.0s of it down on purpose), live deliveries resumed "
+        f"{resumed_at - listening_at:.1f}s after that (broadcast: by "
+        f"{every_resumed_at - listening_at:.1f}s); {loop.time() - started:.1f}s in all"
     )
     assert confirmed_before_kill < TOTAL, "the kill must happen mid-stream"
     assert publisher.retries > 0, "publishes must have failed while the server was down"
     assert not everything - set(live), f"{len(everything - set(live))} lost by the live group"
     assert not everything - set(late), f"{len(everything - set(late))} lost by the late group"
-    assert set(live) == set(late) == everything, "only the published messages are delivered"
+    assert not everything - set(every), f"{len(everything - set(every))} lost by broadcast"
+    assert set(live) == set(late) == set(every) == everything, "only the published are delivered"

@@ -5,7 +5,8 @@ queue: each partition belongs to one member, so each message goes to one
 member. A subscription without a queue reads every partition of its topic by
 itself (manual assignment, no group), so every such subscriber gets every
 message, as go-micro's unique-group subscribers do, without leaving a group
-behind on the server for each of them.
+behind on the server for each of them. It watches the topic's metadata and
+reads a partition added to the topic later from that partition's beginning.
 
 Offsets: a group commits, per partition, the offset after the longest run of
 *acked* messages from where it started. A nack, a handler error or a message
@@ -59,6 +60,8 @@ RecordHeaders = Sequence[tuple[str, bytes]]
 DEFAULT_ADDRESS = "127.0.0.1:9092"
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}").fullmatch
 _COMMIT_TIMEOUT = 3.0
+_PARTITION_CHECK = 0.25
+"""Seconds between looks at the cached metadata for new partitions (broadcast subscribers)."""
 _STREAM_HEADER = "Micro-Stream"
 _OPTION_NAMES = frozenset(KafkaOptions.__dataclass_fields__)
 
@@ -81,7 +84,7 @@ def _capabilities(settings: KafkaOptions) -> Capabilities:
         persistence=settings.persistence,
         # One partition keeps publish order; several keep it per record key only.
         ordering=settings.partitions == 1,
-        reconnect=False,
+        reconnect=True,
         wildcards=None,
         max_message_size=settings.max_message_size,
     )
@@ -178,7 +181,7 @@ class KafkaDelivery(Delivery):
 class _Partition:
     """The offsets of one partition this subscriber holds: which ones may be committed."""
 
-    __slots__ = ("acked", "commit", "committed", "outstanding", "revoked")
+    __slots__ = ("acked", "commit", "committed", "next", "outstanding", "revoked")
 
     def __init__(self, start: int) -> None:
         self.outstanding: deque[int] = deque()
@@ -186,6 +189,8 @@ class _Partition:
         self.commit = start
         """The offset after the longest acked run: what may be committed."""
         self.committed = start
+        self.next = start
+        """The offset after the last record handed to the handler: where to read on."""
         self.revoked = False
 
     def deliver(self, offset: int) -> None:
@@ -244,11 +249,7 @@ class KafkaSubscriber(Subscriber):
     async def _start(self) -> None:
         s = self._settings
         kwargs = s.consumer_kwargs()
-        kwargs.update(
-            fetch_max_wait_ms=int(s.fetch_wait * 1000),
-            retry_backoff_ms=50,
-            metadata_max_age_ms=30_000,
-        )
+        kwargs.update(fetch_max_wait_ms=int(s.fetch_wait * 1000), retry_backoff_ms=50)
         if self.queue is not None:
             kwargs.update(
                 group_id=self.queue,
@@ -330,7 +331,14 @@ class KafkaSubscriber(Subscriber):
         partitions = self._partitions
         busy = self._busy
         max_records = self._settings.max_poll_records
+        # A broadcast subscriber assigns itself the partitions added to its topic.
+        watch = queue is None
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + _PARTITION_CHECK
         while not self._closing:
+            if watch and loop.time() >= next_check:
+                next_check = loop.time() + _PARTITION_CHECK
+                self._assign_new_partitions(consumer)
             try:
                 batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
             except asyncio.CancelledError:
@@ -353,6 +361,7 @@ class KafkaSubscriber(Subscriber):
                             break
                         offset = record.offset
                         part.outstanding.append(offset)
+                        part.next = offset + 1
                         await dispatch(
                             handler,
                             KafkaDelivery(
@@ -369,6 +378,39 @@ class KafkaSubscriber(Subscriber):
                             ),
                             auto_ack,
                         )
+
+    def _assign_new_partitions(self, consumer: AIOKafkaConsumer) -> None:
+        """Read the partitions the metadata shows beyond those this subscriber reads.
+
+        A new partition is read from its beginning: nothing published to it can
+        have been delivered yet. aiokafka has no incremental manual assignment, so
+        the whole assignment is replaced; the partitions already read go on from
+        the record after the last one handed to the handler, so records fetched
+        ahead but not yet handled are fetched again, neither lost nor repeated.
+        Runs between two batches, never while one is being handled.
+        """
+        topic = self.topic
+        seen = consumer.partitions_for_topic(topic)
+        partitions = self._partitions
+        if not seen or len(seen) <= len(partitions):
+            return
+        fresh = [TopicPartition(topic, p) for p in sorted(seen)]
+        fresh = [tp for tp in fresh if tp not in partitions]
+        if not fresh:
+            return
+        resume = {tp: part.next for tp, part in partitions.items()}
+        consumer.assign([*resume, *fresh])
+        for tp, offset in resume.items():
+            consumer.seek(tp, offset)
+        for tp in fresh:
+            consumer.seek(tp, 0)
+            partitions[tp] = _Partition(0)
+        logger.info(
+            "kafka: %s grew to %d partitions; reading %s from offset 0",
+            topic,
+            len(seen),
+            ", ".join(str(tp.partition) for tp in fresh),
+        )
 
     def _nacked(self, delivery: KafkaDelivery, delay: float | None) -> None:
         # Redelivered after a backoff while the partition goes on: its offset stays
@@ -532,16 +574,15 @@ class KafkaBroker(Broker):
             await producer.start()
             if admin is not None:
                 await admin.start()
-        except (AioKafkaError, OSError) as exc:
+        except Exception as exc:
+            # aiokafka raises more than its own errors here: a SCRAM exchange the
+            # server ends with an error (wrong credentials) surfaces as KeyError.
             with contextlib.suppress(Exception):
                 await producer.stop()
             if admin is not None:
                 with contextlib.suppress(Exception):
                     await admin.close()
-            raise KafkaConnectError(
-                f"cannot connect to kafka at {','.join(s.bootstrap_servers)}: {exc} "
-                "(is the server running, and is the address host:port right?)"
-            ) from exc
+            raise KafkaConnectError(_connect_failure(s, exc)) from exc
         self._producer, self._admin = producer, admin
         self._connected = True
 
@@ -634,14 +675,20 @@ class KafkaBroker(Broker):
         producer = self._producer
         if producer is None:
             raise NotConnected("kafka broker is not connected: call connect() first")
+        value = body if type(body) is bytes else bytes(body)
         try:
-            future = await producer.send(
-                topic,
-                body if type(body) is bytes else bytes(body),
-                key=key,
-                partition=partition,
-                headers=headers,
-            )
+            try:
+                future = await producer.send(
+                    topic, value, key=key, partition=partition, headers=headers
+                )
+            except AssertionError:
+                # aiokafka asserts that a given partition is in its (cached) metadata.
+                if partition is None:
+                    raise
+                await self._check_partition(producer, topic, partition)
+                future = await producer.send(
+                    topic, value, key=key, partition=partition, headers=headers
+                )
             if self.settings.confirm:
                 await future
         except AioKafkaError as exc:
@@ -650,6 +697,18 @@ class KafkaBroker(Broker):
             if not self._connected:
                 raise NotConnected("kafka broker disconnected while publishing") from exc
             raise PublishError(f"kafka publish to {topic!r} failed: {exc}") from exc
+
+    async def _check_partition(
+        self, producer: AIOKafkaProducer, topic: str, partition: int
+    ) -> None:
+        """Refresh the metadata for a partition the producer does not know (added lately?)."""
+        await producer.client.force_metadata_update()
+        known = producer.client.cluster.partitions_for_topic(topic) or set()
+        if partition not in known:
+            raise PublishError(
+                f"kafka topic {topic!r} has no partition {partition} "
+                f"(it has {len(known)} partitions)"
+            )
 
     async def subscribe(
         self,
@@ -681,6 +740,32 @@ class KafkaBroker(Broker):
             raise SubscribeError(f"kafka subscription to {topic!r} failed: {exc}") from exc
         self._subscribers.add(sub)
         return sub
+
+
+def _connect_failure(s: KafkaOptions, exc: Exception) -> str:
+    """Why ``connect()`` failed, with what to check for the options in use."""
+    where = ",".join(s.bootstrap_servers)
+    ours = isinstance(exc, AioKafkaError | OSError)
+    cause = str(exc) if ours else f"{type(exc).__name__}: {exc}"
+    if s.sasl_mechanism is not None:
+        if not ours:
+            # A SCRAM exchange the server ends with an error instead of its proof.
+            cause = f"authentication failed (aiokafka: {cause})"
+        over = " over TLS" if s.tls is not None else ""
+        return (
+            f"cannot connect to kafka at {where}{over} with SASL {s.sasl_mechanism} as user "
+            f"{s.sasl_username!r}: {cause}; check sasl_username and sasl_password, and that "
+            f"the server offers {s.sasl_mechanism}{over} on this port"
+        )
+    if s.tls is not None:
+        return (
+            f"cannot connect to kafka at {where} over TLS: {cause}; is the server running, "
+            "does it speak TLS on this port, and does the tls context trust its certificate?"
+        )
+    return (
+        f"cannot connect to kafka at {where}: {cause}; is the server running, is the "
+        "address host:port right, and does the server require TLS or SASL?"
+    )
 
 
 def _as_dict(settings: KafkaOptions) -> dict[str, Any]:

