@@ -10,18 +10,28 @@ login to it fails: these tests check that each such failure is a clear
 It cannot serve TLS at all: ``--cert`` and ``--key`` are mutually exclusive
 options (both are needed), and its listener never wraps connections in TLS,
 so a TLS client meets a plaintext server; that failure is tested here too.
+The TLS option itself is tested through a TLS front (:class:`TlsProxy`, as
+stunnel or a load balancer terminates TLS for a Kafka cluster): tansu
+advertises the front's port, so every connection the client makes (bootstrap,
+partition leaders, the group coordinator) is a real TLS session with the
+certificate the test made, verified by the client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
-from kafka_helpers import FAST
+from kafka_helpers import FAST, eventually
 from support.kafka_server import KafkaServer
+from support.process import free_port
+from support.tls_proxy import TlsProxy
 
+import microbroker
 from microbroker_kafka import KafkaBroker, KafkaConnectError
 
 PASSWORD = "s3cret-password"
@@ -104,4 +114,85 @@ async def test_tls_to_a_server_that_does_not_speak_it_fails_clearly(
     )
     message = await connect_fails(broker)
     assert "over TLS" in message
+    assert "the server did not answer a TLS handshake" in message
     assert "does it speak TLS on this port" in message
+
+
+class TlsFront:
+    """tansu behind a TLS front: the address to connect to, and the CA file that trusts it."""
+
+    def __init__(self, address: str, ca_file: Path) -> None:
+        self.address = address
+        self.ca_file = ca_file
+
+
+@pytest.fixture(scope="module")
+def tls_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsFront]:
+    cert, key = make_certificate(tmp_path_factory.mktemp("kafka-tls"))
+    front = free_port()
+    with (
+        KafkaServer(name="tansu-behind-tls", advertised_port=front) as server,
+        TlsProxy(server.port, cert, key, port=front, name="kafka-tls-front") as proxy,
+    ):
+        yield TlsFront(proxy.address, cert)
+
+
+async def test_publish_and_subscribe_over_tls(tls_front: TlsFront) -> None:
+    """A broadcast subscriber and a queue group (whose coordinator is reached over TLS too)."""
+    tls = ssl.create_default_context(cafile=str(tls_front.ca_file))
+    topic = f"tls.{uuid.uuid4().hex[:8]}"
+    broadcast: list[microbroker.Message] = []
+    grouped: list[bytes] = []
+
+    async def on_broadcast(delivery: microbroker.Delivery) -> None:
+        broadcast.append(delivery.message)
+
+    async def on_grouped(delivery: microbroker.Delivery) -> None:
+        grouped.append(delivery.body)
+
+    async with KafkaBroker(tls_front.address, tls=tls, partitions=2, **FAST) as broker:
+        await broker.subscribe(topic, on_broadcast)
+        await broker.subscribe(topic, on_grouped, queue="over-tls")
+        for n in range(20):
+            await broker.publish(topic, microbroker.Message(b"sealed-%d" % n, {"Tenant": "a"}))
+        await eventually(lambda: len(broadcast) == 20 and len(grouped) == 20, 30, "delivery")
+    assert sorted(m.body for m in broadcast) == sorted(b"sealed-%d" % n for n in range(20))
+    assert sorted(grouped) == sorted(b"sealed-%d" % n for n in range(20))
+    assert all(m.header("Tenant") == "a" for m in broadcast)
+
+
+async def test_a_certificate_the_client_does_not_trust_fails_clearly(tls_front: TlsFront) -> None:
+    untrusting = ssl.create_default_context()  # the system's CAs: not the test's own
+    broker = KafkaBroker(tls_front.address, request_timeout=5.0, tls=untrusting, **FAST)
+    message = await connect_fails(broker)
+    assert tls_front.address in message
+    assert "over TLS" in message
+    assert "the server's certificate was refused: self-signed certificate" in message
+
+
+async def test_plaintext_to_a_tls_port_fails_clearly(tls_front: TlsFront) -> None:
+    broker = KafkaBroker(tls_front.address, request_timeout=5.0, **FAST)
+    message = await connect_fails(broker)
+    assert tls_front.address in message
+    assert "require TLS or SASL" in message
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (its own CA) and its key."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = directory / "server.crt", directory / "server.key"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -152,7 +152,8 @@ class KafkaServer(ServerProcess):
     """``tansu broker`` on ``127.0.0.1:<free port>``.
 
     It stores in memory, or, with ``object_store``, in that server's S3 bucket,
-    where what it stored survives its own kill and restart.
+    where what it stored survives its own kill and restart. ``advertised_port``
+    makes it tell clients to connect to another port (a TLS front's, say).
     """
 
     def __init__(
@@ -161,6 +162,7 @@ class KafkaServer(ServerProcess):
         name: str = "tansu",
         storage: str = "memory://tansu/",
         object_store: ObjectStore | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         binary = tansu_binary()
         if binary is None:
@@ -173,6 +175,7 @@ class KafkaServer(ServerProcess):
             storage = f"s3://{BUCKET}/"
             env = object_store.tansu_env()
         self.storage = storage
+        self.advertised_port = advertised_port
         super().__init__(name, self._argv, env=env)
 
     @property
@@ -187,7 +190,7 @@ class KafkaServer(ServerProcess):
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{HOST}:{self.advertised_port or port}",
             "--storage-engine",
             self.storage,
         ]

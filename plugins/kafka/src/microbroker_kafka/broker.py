@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -60,6 +61,7 @@ RecordHeaders = Sequence[tuple[str, bytes]]
 DEFAULT_ADDRESS = "127.0.0.1:9092"
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}").fullmatch
 _COMMIT_TIMEOUT = 3.0
+_TLS_PROBE_TIMEOUT = 2.0
 _PARTITION_CHECK = 0.25
 """Seconds between looks at the cached metadata for new partitions (broadcast subscribers)."""
 _STREAM_HEADER = "Micro-Stream"
@@ -582,7 +584,9 @@ class KafkaBroker(Broker):
             if admin is not None:
                 with contextlib.suppress(Exception):
                     await admin.close()
-            raise KafkaConnectError(_connect_failure(s, exc)) from exc
+            # aiokafka only says it could not bootstrap: ask the TLS handshake why.
+            handshake = await _tls_problem(s) if s.tls is not None else None
+            raise KafkaConnectError(_connect_failure(s, exc, handshake)) from exc
         self._producer, self._admin = producer, admin
         self._connected = True
 
@@ -756,11 +760,41 @@ class KafkaBroker(Broker):
         return sub
 
 
-def _connect_failure(s: KafkaOptions, exc: Exception) -> str:
+async def _tls_problem(s: KafkaOptions) -> str | None:
+    """What a TLS handshake with the first bootstrap server says when it fails, else ``None``.
+
+    ``None`` also when the server cannot be reached at all: not a TLS matter.
+    """
+    host, _, port = s.bootstrap_servers[0].rpartition(":")
+    host = host.strip("[]")
+    wait = min(s.request_timeout, _TLS_PROBE_TIMEOUT)
+    try:
+        _, plain = await asyncio.wait_for(asyncio.open_connection(host, int(port)), wait)
+    except (OSError, TimeoutError, ValueError):
+        return None
+    plain.close()
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port), ssl=s.tls, server_hostname=host), wait
+        )
+    except ssl.SSLCertVerificationError as exc:
+        refused = exc.verify_message
+        return f"the TLS handshake failed: the server's certificate was refused: {refused}"
+    except TimeoutError:
+        return f"the server did not answer a TLS handshake within {wait:g}s"
+    except (ssl.SSLError, OSError) as exc:
+        return f"the TLS handshake failed ({type(exc).__name__}: {exc})"
+    writer.close()
+    return None
+
+
+def _connect_failure(s: KafkaOptions, exc: Exception, handshake: str | None = None) -> str:
     """Why ``connect()`` failed, with what to check for the options in use."""
     where = ",".join(s.bootstrap_servers)
     ours = isinstance(exc, AioKafkaError | OSError)
     cause = str(exc) if ours else f"{type(exc).__name__}: {exc}"
+    if handshake is not None:
+        cause = handshake
     if s.sasl_mechanism is not None:
         if not ours:
             # A SCRAM exchange the server ends with an error instead of its proof.
