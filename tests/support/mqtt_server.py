@@ -10,10 +10,10 @@ installs the binary where it is missing.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
+from .certificates import Certificate, CertificateAuthority
 from .process import HOST, ServerProcess, find_binary, unavailable
 
 #: Messages Mosquitto queues per offline or slow client. Its default (1000)
@@ -29,7 +29,7 @@ class MosquittoServer(ServerProcess):
     """``mosquitto -c <own config>`` on ``127.0.0.1:<free port>``.
 
     :param users: ``{name: password}``; when given, anonymous clients are refused.
-    :param tls: serve TLS with a self-signed certificate made for ``127.0.0.1``
+    :param tls: serve TLS with a certificate made for ``127.0.0.1`` by a test CA
         (its CA file is :attr:`ca_file`).
     :param persistence: keep sessions and queued messages across :meth:`restart`.
     :param durable: with persistence, write the database after every change, so that
@@ -60,6 +60,9 @@ class MosquittoServer(ServerProcess):
         self.durable = durable
         self.stock_limits = stock_limits
         super().__init__(name, self._argv)
+        #: With ``tls``: the CA file a client trusts, and the server's certificate it issued.
+        self.ca_file: Path | None = None
+        self.certificate: Certificate | None = None
         if tls:
             self._make_certificate()
 
@@ -71,37 +74,10 @@ class MosquittoServer(ServerProcess):
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{HOST}:{self.port}"
 
-    @property
-    def ca_file(self) -> Path:
-        return self.workdir / "server.crt"
-
     def _make_certificate(self) -> None:
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            unavailable("openssl is needed to make a test certificate")
-        assert openssl is not None
-        subprocess.run(
-            [
-                openssl,
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-                "-keyout",
-                str(self.workdir / "server.key"),
-                "-out",
-                str(self.ca_file),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        authority = CertificateAuthority(self.workdir)
+        self.ca_file = authority.cert_file
+        self.certificate = authority.issue("server")
 
     def _password_file(self) -> Path:
         path = self.workdir / "passwords"
@@ -130,10 +106,10 @@ class MosquittoServer(ServerProcess):
             # As root, mosquitto switches to the user "mosquitto", which can neither write
             # the persistence file nor read the key in this root-owned directory.
             lines.append("user root")
-        if self.tls:
+        if self.certificate is not None:
             lines += [
-                f"certfile {self.ca_file}",
-                f"keyfile {self.workdir / 'server.key'}",
+                f"certfile {self.certificate.cert_file}",
+                f"keyfile {self.certificate.key_file}",
             ]
         if self.users is not None:
             lines += ["allow_anonymous false", f"password_file {self._password_file()}"]

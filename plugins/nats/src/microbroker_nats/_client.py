@@ -22,7 +22,14 @@ from typing import Any
 
 from nats.aio.client import Client, _validate_subject
 from nats.aio.subscription import Subscription
-from nats.errors import BadHeaderError, BadSubjectError, MaxPayloadError, ProtocolError
+from nats.aio.transport import TcpTransport
+from nats.errors import (
+    BadHeaderError,
+    BadSubjectError,
+    MaxPayloadError,
+    ProtocolError,
+    SecureConnWantedError,
+)
 from nats.protocol.parser import AWAITING_CONTROL_LINE as _AWAITING_CONTROL_LINE
 from nats.protocol.parser import AWAITING_MSG_PAYLOAD as _AWAITING_MSG_PAYLOAD
 from nats.protocol.parser import MAX_CONTROL_LINE_SIZE as _MAX_CONTROL_LINE
@@ -337,7 +344,65 @@ class Sink:
             await task
 
 
-class FastClient(Client):
+class SafeClient(Client):
+    """nats-py's client with its connection set-up made safe for TLS.
+
+    - nats-py upgrades to TLS only when the server *requires* it, so a client
+      given a TLS context (``tls=``, ``tls_ca_file=``...) or a ``tls://`` address
+      would talk in plaintext, credentials included, to a server that does not
+      offer TLS. Here that server is refused (``SecureConnWantedError``) before
+      anything is sent; one that offers TLS without requiring it
+      (``allow_non_tls``) gets the TLS upgrade, as nats.go does.
+    - After a failed TLS handshake (an untrusted certificate, a refused client
+      certificate) nats-py waits forever for the socket to close (nats.py
+      issue #718): ``asyncio`` has already closed it, but tells the TLS protocol
+      and not the stream nats-py waits on. Here the dead transport is replaced
+      by a fresh one, so the attempt fails and the next one proceeds.
+    """
+
+    def _tls_wanted(self) -> bool:
+        server = getattr(self, "_current_server", None)
+        scheme = server.uri.scheme if server is not None else ""
+        return self.options.get("tls") is not None or scheme == "tls"
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if (
+            initial_connection
+            and self._tls_wanted()
+            and not self.options.get("tls_handshake_first")
+            and not info.get("tls_required")
+        ):
+            if not info.get("tls_available"):
+                raise SecureConnWantedError()
+            # nats-py reads this very dict next to decide on the upgrade.
+            info["tls_required"] = True
+        await super()._process_info(info, initial_connection)
+
+    async def _process_connect_init(self) -> None:
+        try:
+            await super()._process_connect_init()
+        except BaseException:
+            _drop_failed_tls(self)
+            raise
+
+
+def _drop_failed_tls(nc: Client) -> None:
+    """Replace a transport whose TLS upgrade failed by a fresh one (see :class:`SafeClient`)."""
+    transport = getattr(nc, "_transport", None)
+    if type(transport) is not TcpTransport:
+        return
+    writer: asyncio.StreamWriter | None = getattr(transport, "_io_writer", None)
+    bare: asyncio.StreamWriter | None = getattr(transport, "_bare_io_writer", None)
+    if writer is None or writer is not bare:
+        return  # not connected, or upgraded: closing it works
+    raw = writer.transport
+    if isinstance(raw.get_protocol(), asyncio.StreamReaderProtocol):
+        return  # no TLS attempted: the stream hears of the close
+    raw.abort()
+    nc._transport = TcpTransport()  # type: ignore[no-untyped-call]
+
+
+class FastClient(SafeClient):
     """``nats.aio.client.Client`` with a lean path for microbroker's subscriptions and publishes.
 
     Messages of a subscription made with :meth:`subscribe_sink` skip nats-py's
@@ -494,6 +559,22 @@ class FastClient(Client):
     _parse_header_lines = staticmethod(parse_header_lines)
 
 
+def _safe_compatible() -> bool:
+    """Whether the installed nats-py still has the routines SafeClient overrides."""
+    info = getattr(Client, "_process_info", None)
+    init = getattr(Client, "_process_connect_init", None)
+    code = getattr(info, "__code__", None)
+    return (
+        init is not None
+        and code is not None
+        and code.co_varnames[:3] == ("self", "info", "initial_connection")
+        and all(
+            hasattr(TcpTransport(), name)  # type: ignore[no-untyped-call]
+            for name in ("_io_writer", "_bare_io_writer")
+        )
+    )
+
+
 def _compatible() -> bool:
     """Whether the installed nats-py still has the routines FastClient overrides."""
     send = getattr(Client, "_send_publish", None)
@@ -530,13 +611,28 @@ def _compatible() -> bool:
 
 
 _COMPATIBLE: bool | None = None
+_SAFE: bool | None = None
 
 
 def client_class(fast: bool = True) -> type[Client]:
-    """FastClient when asked for and the installed nats-py allows it, else nats-py's client."""
-    global _COMPATIBLE
-    if not fast:
+    """FastClient when asked for and the installed nats-py allows it, else SafeClient.
+
+    Both carry SafeClient's TLS fixes; with a nats-py too different for them,
+    nats-py's own client (and a warning).
+    """
+    global _COMPATIBLE, _SAFE
+    if _SAFE is None:
+        _SAFE = _safe_compatible()
+        if not _SAFE:
+            logger.warning(
+                "nats: this nats-py version differs from the one microbroker-nats was tuned "
+                "for; using its own client, with which a TLS client may connect in plaintext "
+                "to a server without TLS, and a failed TLS handshake may leave connect() waiting"
+            )
+    if not _SAFE:
         return Client
+    if not fast:
+        return SafeClient
     if _COMPATIBLE is None:
         _COMPATIBLE = _compatible()
         if not _COMPATIBLE:
@@ -544,4 +640,4 @@ def client_class(fast: bool = True) -> type[Client]:
                 "nats: this nats-py version differs from the one microbroker-nats was tuned "
                 "for; using its standard (slower) message path"
             )
-    return FastClient if _COMPATIBLE else Client
+    return FastClient if _COMPATIBLE else SafeClient

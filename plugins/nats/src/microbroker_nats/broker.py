@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -56,6 +57,11 @@ _CONTENT_TYPE_SKIP = len(_CONTENT_TYPE_LINE)
 # Content-Type values as they come off the wire (with any spaces) -> the decoded value.
 _content_types: dict[bytes, str] = {}
 _CONTENT_TYPES_KEPT = 64
+
+_CLIENT_CERT_HINT = (
+    "a server that verifies clients (verify: true) needs tls_cert_file= and tls_key_file=, "
+    "a client certificate issued by a CA it trusts"
+)
 
 WILDCARDS = Wildcards(separator=".", one="*", many=">")
 #: Headers and protocol framing a message may need on top of its body, checked
@@ -452,6 +458,8 @@ class NatsBroker(Broker):
             url = nc.connected_url
             logger.warning("nats: reconnected to %s", url.netloc if url else "?")
 
+        # Settings that cannot work (a TLS or credentials file) raise here, as themselves.
+        connect_kwargs = settings.connect_kwargs()
         nc = client_class(settings.fast_path)()
         try:
             await nc.connect(
@@ -462,7 +470,7 @@ class NatsBroker(Broker):
                 allow_reconnect=True,
                 # nats-py counts attempts beyond the first, and treats 0 as "forever".
                 max_reconnect_attempts=max(1, settings.connect_attempts - 1),
-                **settings.connect_kwargs(),
+                **connect_kwargs,
             )
         except Exception as exc:
             with contextlib.suppress(Exception):
@@ -495,13 +503,64 @@ class NatsBroker(Broker):
                     "Violation): give the token=, user= and password=, nkey_seed= or "
                     "credentials= it expects (or MICRO_NATS_TOKEN...)"
                 )
+        tls_error = self._tls_error(causes, where)
+        if tls_error is not None:
+            return tls_error
+        # "no servers available" only says that every attempt failed: say why they did.
+        telling = [c for c in causes if not isinstance(c, nats.errors.NoServersError)] or causes
         detail = next(
-            (f"{type(c).__name__}: {c}" for c in reversed(causes) if str(c)),
-            type(exc).__name__,
+            (f"{type(c).__name__}: {c}" for c in reversed(telling) if str(c)),
+            type(telling[-1]).__name__,
         )
+        hint = ""
+        if any(isinstance(c, (TimeoutError, asyncio.TimeoutError)) for c in causes):
+            hint = (
+                "; it did not answer within connect_timeout (a server whose tls block sets "
+                "handshake_first answers only a client with tls_handshake_first=True)"
+            )
+        elif self._tls_wanted() and any(isinstance(c, ConnectionError) for c in causes):
+            hint = f"; it closed the TLS connection: {_CLIENT_CERT_HINT}"
         return NatsConnectError(
             f"cannot connect to NATS at {where} ({detail}): check MICRO_BROKER_ADDRESS "
-            "(a comma-separated list of nats://host:port) and that nats-server is running"
+            "(a comma-separated list of nats://host:port) and that nats-server is running" + hint
+        )
+
+    @staticmethod
+    def _tls_error(causes: list[BaseException], where: str) -> NatsConnectError | None:
+        """The error for a failed TLS set-up among ``causes``, saying what to do; or ``None``."""
+        for cause in causes:
+            if isinstance(cause, nats.errors.SecureConnWantedError):
+                return NatsConnectError(
+                    f"the NATS server at {where} does not offer TLS, and this broker was "
+                    "asked for TLS (tls=, tls_ca_file=, tls_cert_file= or a tls:// address): "
+                    "nothing was sent to it; enable TLS on the server, or drop the TLS options"
+                )
+        for cause in causes:
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return NatsConnectError(
+                    f"the NATS server at {where} presented a TLS certificate this broker does "
+                    f"not trust ({cause.verify_message}): give tls_ca_file= the CA that issued "
+                    "it (or tls= an ssl.SSLContext that trusts it), and tls_hostname= the name "
+                    "in the certificate if it is not the address's host"
+                )
+        for cause in causes:
+            if isinstance(cause, ssl.SSLError):
+                reason = cause.reason or str(cause)
+                return NatsConnectError(
+                    f"the TLS handshake with the NATS server at {where} failed ({reason}): "
+                    f"{_CLIENT_CERT_HINT}; and tls_handshake_first=True needs a server whose "
+                    "tls block sets handshake_first"
+                )
+        return None
+
+    def _tls_wanted(self) -> bool:
+        settings = self.settings
+        return bool(
+            settings.tls is not None
+            or settings.tls_ca_file
+            or settings.tls_cert_file
+            or settings.tls_handshake_first
+            or any(server.startswith("tls://") for server in self.servers)
         )
 
     async def disconnect(self) -> None:

@@ -10,11 +10,12 @@ configured only through its environment can use all of them.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import os
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Literal
 
 DEFAULT_ADDRESS = "nats://127.0.0.1:4222"
@@ -145,22 +146,38 @@ class NatsOptions:
             raise ValueError("give either token or user/password, not both")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        if self.nkey_seed and self.credentials:
+            raise ValueError("give either nkey_seed or credentials, not both")
+        if self.nkey_seed or self.credentials:
+            require_nkeys()
         if isinstance(self.subjects, str):
             self.subjects = [s.strip() for s in self.subjects.split(",") if s.strip()]
 
     def tls_context(self) -> ssl.SSLContext | None:
-        """The TLS context to connect with, or ``None`` for a plain connection."""
+        """The TLS context to connect with, or ``None`` for a plain connection.
+
+        A file that cannot be loaded is a ``ValueError`` naming the option and the file.
+        """
         if self.tls is not None:
             return self.tls
         if not (self.tls_ca_file or self.tls_cert_file):
             return None
-        context = ssl.create_default_context(cafile=self.tls_ca_file)
-        if self.tls_cert_file and self.tls_key_file:
-            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        option, path = "tls_ca_file", self.tls_ca_file
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca_file)
+            if self.tls_cert_file and self.tls_key_file:
+                option, path = "tls_cert_file/tls_key_file", self.tls_cert_file
+                context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load {option} {path!r}: {exc}") from exc
         return context
 
     def connect_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``nats.connect`` (callbacks and servers excepted)."""
+        """The keyword arguments for ``nats.connect`` (callbacks and servers excepted).
+
+        Raises ``ValueError`` for a TLS, NKey seed or credentials file that cannot
+        be used (naming the option and the file), before any connection is made.
+        """
         kwargs: dict[str, Any] = {
             "name": self.name,
             "connect_timeout": self.connect_timeout,
@@ -178,18 +195,68 @@ class NatsOptions:
             kwargs["tls"] = tls
             if self.tls_hostname:
                 kwargs["tls_hostname"] = self.tls_hostname
-        if self.nkey_seed or self.credentials:
-            if importlib.util.find_spec("nkeys") is None:
-                raise ImportError(
-                    "NKey and credentials-file authentication need the nkeys package: "
-                    "pip install 'microbroker-nats[nkeys]'"
-                )
-            if self.credentials:
-                kwargs["user_credentials"] = self.credentials
-            else:
-                kwargs["nkeys_seed"] = self.nkey_seed
+        if self.credentials:
+            check_credentials_file(self.credentials)
+            kwargs["user_credentials"] = self.credentials
+        elif self.nkey_seed:
+            check_nkey_seed_file(self.nkey_seed)
+            kwargs["nkeys_seed"] = self.nkey_seed
         kwargs.update(self.extra)
         return kwargs
+
+
+def require_nkeys() -> ModuleType:
+    """The ``nkeys`` package; a clear ``ImportError`` when it (the ``nkeys`` extra) is missing."""
+    try:
+        return importlib.import_module("nkeys")
+    except ImportError as exc:
+        raise ImportError(
+            "NKey and credentials-file authentication (nkey_seed=, credentials=) need the "
+            f"nkeys package, which cannot be imported ({exc}): "
+            "pip install 'microbroker-nats[nkeys]'"
+        ) from exc
+
+
+def _read_secret(option: str, path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            return file.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the {option} file {path!r}: {exc.strerror or exc}") from exc
+
+
+def check_nkey_seed_file(path: str) -> None:
+    """Check that ``path`` holds an NKey seed, as ``nkey_seed`` needs (``ValueError`` if not)."""
+    nkeys = require_nkeys()
+    seed = _read_secret("nkey_seed", path).strip()
+    try:
+        nkeys.from_seed(bytearray(seed.encode())).wipe()
+    except Exception as exc:
+        raise ValueError(
+            f"the nkey_seed file {path!r} does not hold a valid NKey seed "
+            "(one line 'SU...', as 'nk -gen user' writes): "
+            f"{str(exc) or type(exc).__name__}"
+        ) from None
+
+
+_CREDS_BLOCKS = ("BEGIN NATS USER JWT", "BEGIN USER NKEY SEED")
+
+
+def check_credentials_file(path: str) -> None:
+    """Check that ``path`` is a ``.creds`` file (a user JWT and its seed); ``ValueError`` if not.
+
+    nats-py, given a file without the JWT block, would read it forever.
+    """
+    require_nkeys()
+    lines = _read_secret("credentials", path).splitlines()
+    for block in _CREDS_BLOCKS:
+        at = next((n for n, line in enumerate(lines) if block in line), None)
+        if at is None or at + 1 >= len(lines) or not lines[at + 1].strip():
+            raise ValueError(
+                f"the credentials file {path!r} is not a NATS .creds file: it has no "
+                f"'-----{block}-----' block (a .creds file holds a user JWT and its NKey "
+                "seed, as 'nsc generate creds' writes)"
+            )
 
 
 def parse_servers(address: str | None) -> list[str]:
