@@ -53,8 +53,22 @@ async def test_no_qos1_message_lost_when_mosquitto_is_killed_mid_stream(
         killed_at = len(counts)
         await asyncio.sleep(0.5)
         await asyncio.to_thread(server.start)
-        await asyncio.wait_for(publishing, 120)
-        await eventually(lambda: len(counts) >= total, f"delivery of all {total} messages", 120)
+
+        def state() -> str:
+            return (
+                f"published {publisher.done}, {publisher.retries} retried (last error "
+                f"{publisher.last_error!r}), {len(counts)} delivered, {killed_at} at the kill, "
+                f"publisher connected {pub.connected}, subscriber connected {sub.connected}"
+            )
+
+        try:
+            await asyncio.wait_for(publishing, 120)
+            await eventually(lambda: len(counts) >= total, f"delivery of all {total}", 120)
+        except (TimeoutError, AssertionError) as exc:
+            raise AssertionError(
+                f"{exc or 'publishing did not end within 120s'}: {state()}\n"
+                f"mosquitto's log:\n{server.log(3000)}"
+            ) from exc
         missing = set(range(total)) - set(counts)
         duplicates = sum(c - 1 for c in counts.values())
         print(

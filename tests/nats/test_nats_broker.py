@@ -42,11 +42,13 @@ async def test_address_from_the_environment_is_a_server_list(
         await eventually(lambda: inbox.bodies == [b"via the list"], "delivery")
 
 
-async def test_wrong_address_fails_with_a_clear_error() -> None:
+async def test_wrong_address_fails_with_a_clear_error(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
     broker = NatsBroker(f"nats://127.0.0.1:{port}", reconnect_time_wait=0.05)
     with pytest.raises(NatsConnectError) as caught:
         await broker.connect()
+    # The error says it all: no "disconnected, reconnecting" warning from the failed attempt.
+    assert not [r for r in caplog.records if r.name.startswith("microbroker")], caplog.text
     message = str(caught.value)
     assert f"127.0.0.1:{port}" in message
     assert "MICRO_BROKER_ADDRESS" in message

@@ -22,6 +22,9 @@ class RetryingPublisher:
         self.topic = topic
         self.attempts = attempts
         self.retries = 0
+        #: How many publishes returned, and the last error a retried one raised (diagnostics).
+        self.done = 0
+        self.last_error: BaseException | None = None
         self._run = uuid.uuid4().hex[:8]
         self._slots = asyncio.Semaphore(concurrency)
 
@@ -31,9 +34,11 @@ class RetryingPublisher:
             for _ in range(self.attempts):
                 try:
                     await self.broker.publish(self.topic, message)
+                    self.done += 1
                     return
-                except MicrobrokerError:
+                except MicrobrokerError as exc:
                     self.retries += 1
+                    self.last_error = exc
                     await asyncio.sleep(0.1)
         raise AssertionError(f"message {n} could not be published after {self.attempts} attempts")
 

@@ -451,7 +451,8 @@ class NatsBroker(Broker):
                 logger.warning("nats: %s", exc or type(exc).__name__)
 
         async def on_disconnected() -> None:
-            if not self._closing:
+            # While connecting, a failure is connect()'s error, not a lost connection.
+            if not self._closing and not connecting:
                 logger.warning("nats: disconnected from %s, reconnecting", self.servers)
 
         async def on_reconnected() -> None:
