@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import microbroker
 from microbroker import Context, Delivery, InvalidHeader, InvalidTopic, Message
+from microbroker._broker import check_headers, header_pairs
 from microbroker.brokers.memory import MemoryBroker
 
 _bus = itertools.count()
@@ -72,6 +73,27 @@ def test_any_headers_either_arrive_intact_or_are_refused_before_sending(
 def test_unsafe_headers_are_refused_with_a_clear_message(headers: Any, why: str) -> None:
     with pytest.raises(InvalidHeader, match=why):
         asyncio.run(round_trip("fuzz", Message(b"x", headers)))
+
+
+@FUZZ
+@given(headers=st.dictionaries(st.text(max_size=20), st.text(max_size=200), max_size=6))
+def test_header_pairs_refuses_what_check_headers_refuses_and_encodes_the_rest(
+    headers: dict[str, str],
+) -> None:
+    """Kafka's record headers come from header_pairs: the same rules as every other broker."""
+
+    def outcome(check: Any) -> Any:
+        try:
+            return check(headers)
+        except InvalidHeader as exc:
+            return f"refused: {exc}"
+
+    checked = outcome(check_headers)
+    paired = outcome(header_pairs)
+    if checked is None:
+        assert paired == [(k, v.encode()) for k, v in headers.items()]
+    else:
+        assert paired == checked
 
 
 def test_huge_headers_and_non_ascii_text_travel_intact() -> None:

@@ -226,6 +226,23 @@ def check_headers(headers: dict[str, str]) -> None:
             _check_header_value(name, value)
 
 
+def header_pairs(headers: dict[str, str]) -> list[tuple[str, bytes]]:
+    """``headers`` checked as :func:`check_headers` checks them, as ``(name, UTF-8 value)`` pairs.
+
+    For transports whose header values are bytes (Kafka record headers): one
+    pass, rather than a check and then an encoding.
+    """
+    pairs: list[tuple[str, bytes]] = []
+    append = pairs.append
+    for name, value in headers.items():
+        if name not in _valid_names:
+            _check_header_name(name)
+        if type(value) is not str or not value.isprintable():
+            _check_header_value(name, value)
+        append((name, value.encode()))
+    return pairs
+
+
 def _check_header_name(name: str) -> None:
     if type(name) is not str or not _HEADER_NAME(name):
         raise InvalidHeader(

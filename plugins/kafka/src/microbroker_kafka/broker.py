@@ -47,7 +47,7 @@ from microbroker import (
     PublishError,
     Subscriber,
 )
-from microbroker._broker import Handler, check_headers, dispatch
+from microbroker._broker import Handler, dispatch, header_pairs
 
 from .errors import KafkaConnectError, SubscribeError
 from .options import KafkaOptions, parse_address
@@ -652,16 +652,15 @@ class KafkaBroker(Broker):
 
     async def publish(self, topic: str, message: Message, **options: Any) -> None:
         known = topic in self._topics
-        if known and self._connected and type(message) is Message and type(message.body) is bytes:
-            # The common case: a topic checked before, connected, a plain message.
-            headers = message.headers
-            if headers:
-                check_headers(headers)
-        else:
+        if not (
+            known and self._connected and type(message) is Message and type(message.body) is bytes
+        ):
             self._check_publish(topic, message)
             if not known:
                 check_kafka_topic(topic)
-            headers = message.headers
+        # The common case (a topic checked before, connected, a plain message) checks only
+        # the headers, as it encodes them.
+        headers = message.headers
         body = message.body
         if len(body) > self.settings.max_message_size:
             raise PublishError(
@@ -683,8 +682,7 @@ class KafkaBroker(Broker):
                 stream = headers.get(_STREAM_HEADER)
                 if stream is not None:
                     key = stream.encode()
-            # Values were checked to be str: encoded in C, no Python loop per header.
-            record_headers = list(zip(headers, map(str.encode, headers.values()), strict=True))
+            record_headers = header_pairs(headers)
         if not known:
             try:
                 await self._ensure_topic(topic)
