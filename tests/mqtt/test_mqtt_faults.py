@@ -2,13 +2,16 @@
 
 The servers here keep their sessions in a persistence file written after every
 change (``durable=True``), so that what Mosquitto acknowledged survives even a
-SIGKILL, but for one window: Mosquitto writes the file at the end of each pass
-of its event loop, after the PUBACKs of that pass (its ``src/loop.c``:
-``mux__handle()``, then ``persist__backup()``). A SIGKILL between the two loses
-a message it acknowledged and had not yet sent on to the subscriber. Clients use
-stable ids and persistent sessions: the publisher resends what the server had
-not acknowledged, the server resends to the subscriber what it had not
-delivered. Duplicates are allowed at QoS 1 and are counted.
+SIGKILL, with one exception of Mosquitto's own (2.0.11, Debian): under MQTT
+3.1.1 a SIGKILL can lose the one message it was about to deliver to the
+subscriber, acknowledged to the publisher about a thousand messages earlier.
+The subscriber's client never receives it (the test records every PUBLISH gmqtt
+hands over and fails if the lost message is among them) and the restarted
+server does not resend it, while it does resend the ones after it. Seen 5 times
+in about 150 runs, always under 3.1.1, always that message. Clients use stable
+ids and persistent sessions: the publisher resends what the server had not
+acknowledged, the server resends to the subscriber what it had not delivered.
+Duplicates are allowed at QoS 1 and are counted.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from support.eventually import eventually
@@ -46,6 +50,16 @@ async def test_qos1_messages_survive_mosquitto_killed_mid_stream(
     topic = f"orders/{run}"
     sub = MqttBroker(server.url, client_id=f"sub-{run}", protocol=protocol, **OPTIONS)
     pub = MqttBroker(server.url, client_id=f"pub-{run}", protocol=protocol, **OPTIONS)
+    # Every message the client library hands the subscriber's broker, before any of the
+    # broker's own work: a message lost after this point would be microbroker's to answer for.
+    handed_over: set[int] = set()
+    on_message = sub._on_message
+
+    def recording(client: Any, t: str, payload: bytes, qos: int, properties: Any) -> int:
+        handed_over.add(int(sub._decode(payload, properties).body))
+        return on_message(client, t, payload, qos, properties)
+
+    sub._on_message = recording  # type: ignore[method-assign,assignment]
     await sub.connect()
     await pub.connect()
     publisher = RetryingPublisher(pub, topic, concurrency=1, attempts=100)
@@ -69,11 +83,9 @@ async def test_qos1_messages_survive_mosquitto_killed_mid_stream(
                 f"subscriber connected {sub.connected}"
             )
 
-        # The one message that may be lost (see the module's docstring): with one publish in
-        # flight at a time, only the one acknowledged last before the kill can have been in
-        # Mosquitto's unsaved window. Under 3.1.1, where the subscriber's in-flight window is
-        # full and messages wait in the server, this happened in about 1 run of 50.
-        at_risk = {published_at_kill - 1, published_at_kill}
+        # The one message Mosquitto may lose (see the module's docstring): the next one the
+        # subscriber was to get when the server was killed.
+        at_risk = {killed_at, killed_at + 1}
         try:
             await asyncio.wait_for(publishing, 120)
             await eventually(
@@ -95,11 +107,13 @@ async def test_qos1_messages_survive_mosquitto_killed_mid_stream(
         print(
             f"mosquitto SIGKILL (MQTT {protocol}): {total} published, {killed_at} delivered "
             f"at the kill, {len(counts)} distinct delivered, {duplicates} duplicates, "
-            f"{publisher.retries} publishes retried; lost in Mosquitto's unsaved window: "
+            f"{publisher.retries} publishes retried; lost by Mosquitto at the kill: "
             f"{sorted(missing) or 'none'}"
         )
         assert killed_at < total, "the kill must happen mid-stream"
-        assert missing <= at_risk, f"{len(missing)} messages lost: {state()}"
+        assert len(missing) <= 1, f"{len(missing)} lost: {state()}"
+        assert missing <= at_risk, f"lost a message other than the one at risk: {state()}"
+        assert not missing & handed_over, f"the client got {missing} and lost it: {state()}"
         assert sub.connected
         assert pub.connected
     finally:
