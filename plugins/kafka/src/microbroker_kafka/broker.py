@@ -396,8 +396,7 @@ class KafkaSubscriber(Subscriber):
         partitions = self._partitions
         if not seen or len(seen) <= len(partitions):
             return
-        fresh = [TopicPartition(topic, p) for p in sorted(seen)]
-        fresh = [tp for tp in fresh if tp not in partitions]
+        fresh = [tp for p in sorted(seen) if (tp := TopicPartition(topic, p)) not in partitions]
         if not fresh:
             return
         resume = {tp: part.next for tp, part in partitions.items()}
@@ -789,14 +788,16 @@ async def _tls_problem(s: KafkaOptions) -> str | None:
 def _connect_failure(s: KafkaOptions, exc: Exception, handshake: str | None = None) -> str:
     """Why ``connect()`` failed, with what to check for the options in use."""
     where = ",".join(s.bootstrap_servers)
-    ours = isinstance(exc, AioKafkaError | OSError)
-    cause = str(exc) if ours else f"{type(exc).__name__}: {exc}"
     if handshake is not None:
         cause = handshake
+    elif isinstance(exc, AioKafkaError | OSError):
+        cause = str(exc)
+    elif s.sasl_mechanism is not None:
+        # A SCRAM exchange the server ends with an error instead of its proof.
+        cause = f"authentication failed (aiokafka: {type(exc).__name__}: {exc})"
+    else:
+        cause = f"{type(exc).__name__}: {exc}"
     if s.sasl_mechanism is not None:
-        if not ours:
-            # A SCRAM exchange the server ends with an error instead of its proof.
-            cause = f"authentication failed (aiokafka: {cause})"
         over = " over TLS" if s.tls is not None else ""
         return (
             f"cannot connect to kafka at {where}{over} with SASL {s.sasl_mechanism} as user "
