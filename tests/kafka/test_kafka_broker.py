@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -291,3 +292,62 @@ async def test_records_from_other_producers_reach_typed_subscribers(
     assert [content_type for _, content_type, _ in got] == ["application/json"] * 3 + [None]
     assert got[2][2] == {"X-Raw": "\ufffd\ufffd", "Content-Type": "application/json"}
     assert got[1][2] == {"content-type": "application/json"}
+
+
+async def test_records_fetched_while_a_partition_is_being_assigned_are_not_skipped(
+    kafka_server: KafkaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The assignment callback awaits the server; aiokafka may hand out records meanwhile.
+
+    Here the callback's ListOffsets answer is held back for a second, long
+    enough for the consumer to fetch the ten records already in the topic.
+    Those records were skipped (the consumer's position had moved past them
+    before the partition was registered) until they were fetched again.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    end_offsets = AIOKafkaConsumer.end_offsets
+
+    async def slow_end_offsets(self: AIOKafkaConsumer, partitions: Any) -> Any:
+        ends = await end_offsets(self, partitions)
+        await asyncio.sleep(1.0)
+        return ends
+
+    monkeypatch.setattr(AIOKafkaConsumer, "end_offsets", slow_end_offsets)
+    name, group = topic(), f"g-{uuid.uuid4().hex[:8]}"
+    received: list[bytes] = []
+    async with (
+        KafkaBroker(kafka_server.address, **FAST) as pub,
+        KafkaBroker(kafka_server.address, **FAST) as sub,
+    ):
+        for n in range(10):
+            await pub.publish(name, Message(b"%d" % n))
+
+        async def handler(delivery: Delivery) -> None:
+            received.append(delivery.message.body)
+
+        await sub.subscribe(name, handler, queue=group)
+        await eventually(lambda: len(received) >= 10, 30, "delivery of the ten")
+        await asyncio.sleep(0.5)
+    assert received == [b"%d" % n for n in range(10)]
+
+
+async def test_a_group_joins_with_a_request_timeout_below_its_rebalance_timeout(
+    kafka_server: KafkaServer,
+) -> None:
+    """The server answers a JoinGroup only once the group settles, up to rebalance_timeout.
+
+    With aiokafka's single request timeout below that, every JoinGroup timed
+    out and subscribe() failed after join_timeout ("assigned no partition").
+    """
+    name, group = topic(), f"g-{uuid.uuid4().hex[:8]}"
+    received: list[bytes] = []
+    options = {**FAST, "request_timeout": 1.0, "rebalance_timeout": 3.0, "join_timeout": 20.0}
+    async with KafkaBroker(kafka_server.address, **options) as broker:
+
+        async def handler(delivery: Delivery) -> None:
+            received.append(delivery.message.body)
+
+        await broker.subscribe(name, handler, queue=group)
+        await broker.publish(name, Message(b"joined"))
+        await eventually(lambda: received == [b"joined"], 20, "delivery")

@@ -105,9 +105,17 @@ async def test_a_killed_and_restarted_server_loses_nothing_confirmed_after_it(
         await asyncio.to_thread(server.restart, hard=True)  # SIGKILL, then start again
         restarted = True
         await asyncio.wait_for(stream, 180)
-        await eventually(
-            lambda: confirmed_after <= set(received), 120, "delivery of what was sent after"
-        )
+        try:
+            await eventually(
+                lambda: confirmed_after <= set(received), 120, "delivery of what was sent after"
+            )
+        except AssertionError:
+            missing = sorted(int(body) for body in confirmed_after - set(received))
+            raise AssertionError(
+                f"{len(missing)} of {len(confirmed_after)} messages confirmed after the restart "
+                f"never delivered within 120s (from {missing[0]} to {missing[-1]}); "
+                f"{len(received)} received in all"
+            ) from None
     duplicates = sum(received.values()) - len(received)
     lost_with_server = TOTAL - len(received)
     print(

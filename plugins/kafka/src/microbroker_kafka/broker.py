@@ -256,6 +256,11 @@ class KafkaSubscriber(Subscriber):
             kwargs.update(
                 group_id=self.queue,
                 rebalance_timeout_ms=int(s.rebalance_timeout * 1000),
+                # A JoinGroup is answered only when the group has settled, up to
+                # rebalance_timeout later: the Java client waits that plus 5 s for it.
+                request_timeout_ms=max(
+                    kwargs["request_timeout_ms"], int((s.rebalance_timeout + 5.0) * 1000)
+                ),
             )
         consumer = AIOKafkaConsumer(**kwargs)
         self._consumer = consumer
@@ -288,19 +293,43 @@ class KafkaSubscriber(Subscriber):
 
     async def _on_assigned(self, tps: Iterable[TopicPartition]) -> None:
         consumer = self._consumer
-        assert consumer is not None
+        if consumer is None:
+            return  # a join completing while the subscriber stops
+        tps = list(tps)
+        positions = {tp: await consumer.position(tp) for tp in tps}
+        # A committed offset beyond the end of the log: the server lost records.
+        try:
+            ends = await consumer.end_offsets(tps) if tps else {}
+        except AioKafkaError as exc:
+            logger.info("kafka: could not read the log ends of %s: %s", self.topic, exc)
+            ends = {}
+        beyond = [tp for tp in tps if tp in ends and positions[tp] > ends[tp]]
+        moved = await self._go_on_from_reset(consumer, beyond, positions) if beyond else {}
+        positions.update(moved)
         fresh: dict[TopicPartition, int] = {}
         for tp in tps:
-            position = await consumer.position(tp)
+            position = positions[tp]
             self._partitions[tp] = _Partition(position)
-            if await consumer.committed(tp) is None:
+            if tp in moved or await self._committed(consumer, tp) is None:
                 fresh[tp] = position
         if fresh:
             # The group's starting point is fixed now, not at the next fetch: what is
             # published from here on is delivered, whichever member reads it later.
-            with contextlib.suppress(AioKafkaError):
-                await consumer.commit(fresh)
+            # Bounded: aiokafka retries a commit the server refuses as retriable (an
+            # unknown topic) for ever, and the group's coordination waits for this.
+            try:
+                await asyncio.wait_for(consumer.commit(fresh), _COMMIT_TIMEOUT)
+            except (AioKafkaError, TimeoutError) as exc:
+                logger.info("kafka: commit of %s's starting offsets failed: %s", self.topic, exc)
         self._assigned.set()
+
+    async def _committed(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp``; None if it has none or cannot say in time."""
+        try:
+            offset = await asyncio.wait_for(consumer.committed(tp), _COMMIT_TIMEOUT)
+        except (AioKafkaError, TimeoutError):
+            return None
+        return offset if isinstance(offset, int) else None
 
     async def _on_revoked(self, tps: Iterable[TopicPartition]) -> None:
         revoked = [tp for tp in tps if tp in self._partitions]
@@ -350,11 +379,21 @@ class KafkaSubscriber(Subscriber):
                 await asyncio.sleep(0.2)
                 continue
             if not batches:
+                if partitions:
+                    await self._check_log_ends(consumer)
                 continue
+            # Which partitions are this subscriber's, now (no await since the fetch).
+            owners = {tp: partitions.get(tp) for tp in batches}
+            for tp, part in owners.items():
+                if part is None and queue is not None:
+                    # Assigned, but the assignment callback has not registered it yet:
+                    # fetched again from here once it has (it starts where this batch did).
+                    with contextlib.suppress(AioKafkaError, AssertionError):
+                        consumer.seek(tp, batches[tp][0].offset)
             # One batch at a time holds the lock: redeliveries and revokes wait for its end.
             async with busy:
                 for tp, records in batches.items():
-                    part = partitions.get(tp)
+                    part = owners[tp]
                     partition = tp.partition
                     for record in records:
                         if part is None or part.revoked or self._closing:
@@ -380,6 +419,74 @@ class KafkaSubscriber(Subscriber):
                             ),
                             auto_ack,
                         )
+
+    async def _check_log_ends(self, consumer: AIOKafkaConsumer) -> None:
+        """Go on per ``offset_reset`` on a partition whose log now ends before this subscriber.
+
+        Checked when a fetch brought nothing, against the high watermark of the
+        last fetch response (no request of its own).
+        """
+        partitions = self._partitions
+        assigned = consumer.assignment()  # highwater() asserts that a partition is assigned
+        beyond = [
+            tp
+            for tp, part in partitions.items()
+            if tp in assigned and (end := consumer.highwater(tp)) is not None and part.next > end
+        ]
+        if not beyond:
+            return
+        positions = {tp: partitions[tp].next for tp in beyond}
+        async with self._busy:
+            try:
+                moved = await self._go_on_from_reset(consumer, beyond, positions)
+            except AioKafkaError as exc:
+                logger.info("kafka: could not reset %s: %s", self.topic, exc)
+                return
+            for tp, offset in moved.items():
+                old = partitions.get(tp)
+                if old is None or old.revoked:
+                    continue
+                old.revoked = True  # its redeliveries stop: those offsets are gone
+                partitions[tp] = _Partition(offset)
+        if self.queue is not None and moved:
+            # Replace the group's committed offset, which points past the end as well.
+            try:
+                await asyncio.wait_for(consumer.commit(moved), _COMMIT_TIMEOUT)
+            except (AioKafkaError, TimeoutError) as exc:
+                logger.info("kafka: commit of %s after a reset deferred: %s", self.topic, exc)
+
+    async def _go_on_from_reset(
+        self,
+        consumer: AIOKafkaConsumer,
+        tps: list[TopicPartition],
+        positions: dict[TopicPartition, int],
+    ) -> dict[TopicPartition, int]:
+        """Seek partitions whose position lies beyond the end of the server's log.
+
+        Kafka answers a fetch past the end of a partition with
+        OFFSET_OUT_OF_RANGE, and the consumer goes on per ``offset_reset``.
+        Some Kafka-compatible servers (tansu) answer it with no records, so a
+        subscriber whose server lost its log (a restart without durable
+        storage) would wait, silently, until the new log grew past its old
+        position, and skip every record before it. Returns the new positions.
+        """
+        reset = self._settings.offset_reset
+        if reset == "earliest":
+            starts = await consumer.beginning_offsets(tps)
+        else:
+            starts = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+            logger.warning(
+                "kafka: the server's log of %s partition %d ends before offset %d (it lost "
+                "records?): going on from offset %d (offset_reset=%r)",
+                tp.topic,
+                tp.partition,
+                positions[tp],
+                starts[tp],
+                reset,
+            )
+        return {tp: starts[tp] for tp in tps}
 
     def _assign_new_partitions(self, consumer: AIOKafkaConsumer) -> None:
         """Read the partitions the metadata shows beyond those this subscriber reads.
