@@ -315,13 +315,28 @@ class KafkaSubscriber(Subscriber):
         if fresh:
             # The group's starting point is fixed now, not at the next fetch: what is
             # published from here on is delivered, whichever member reads it later.
-            # Bounded: aiokafka retries a commit the server refuses as retriable (an
-            # unknown topic) for ever, and the group's coordination waits for this.
-            try:
-                await asyncio.wait_for(consumer.commit(fresh), _COMMIT_TIMEOUT)
-            except (AioKafkaError, TimeoutError) as exc:
-                logger.info("kafka: commit of %s's starting offsets failed: %s", self.topic, exc)
+            # (The group's coordination waits for this callback: the commit is bounded.)
+            await self._commit_within(consumer, fresh, "commit of the starting offsets")
         self._assigned.set()
+
+    async def _commit_within(
+        self,
+        consumer: AIOKafkaConsumer,
+        offsets: dict[TopicPartition, int],
+        what: str,
+        level: int = logging.INFO,
+    ) -> bool:
+        """Commit ``offsets`` within ``_COMMIT_TIMEOUT``; False, logged as ``what``, if not.
+
+        Every commit is bounded: aiokafka retries one the server refuses with a
+        retriable error (a topic it lost) for ever.
+        """
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), _COMMIT_TIMEOUT)
+        except (AioKafkaError, TimeoutError) as exc:
+            logger.log(level, "kafka: %s of %s failed: %s", what, list(offsets), exc)
+            return False
+        return True
 
     async def _committed(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
         """The group's committed offset of ``tp``; None if it has none or cannot say in time."""
@@ -347,11 +362,7 @@ class KafkaSubscriber(Subscriber):
             if part.commit > part.committed:
                 offsets[tp] = part.commit
         if offsets and self._consumer is not None:
-            try:
-                # Bounded: a server that lost the topic refuses the commit again and again.
-                await asyncio.wait_for(self._consumer.commit(offsets), _COMMIT_TIMEOUT)
-            except (AioKafkaError, TimeoutError) as exc:
-                logger.warning("kafka: commit on revoke of %s failed: %s", list(offsets), exc)
+            await self._commit_within(self._consumer, offsets, "commit on revoke", logging.WARNING)
 
     # Delivering. ----------------------------------------------------------------
 
@@ -450,10 +461,7 @@ class KafkaSubscriber(Subscriber):
                 partitions[tp] = _Partition(offset)
         if self.queue is not None and moved:
             # Replace the group's committed offset, which points past the end as well.
-            try:
-                await asyncio.wait_for(consumer.commit(moved), _COMMIT_TIMEOUT)
-            except (AioKafkaError, TimeoutError) as exc:
-                logger.info("kafka: commit of %s after a reset deferred: %s", self.topic, exc)
+            await self._commit_within(consumer, moved, "commit after a reset (deferred)")
 
     async def _go_on_from_reset(
         self,
@@ -588,11 +596,8 @@ class KafkaSubscriber(Subscriber):
         offsets = {tp: p.commit for tp, p in self._partitions.items() if p.dirty}
         if not offsets:
             return
-        try:
-            await asyncio.wait_for(consumer.commit(offsets), _COMMIT_TIMEOUT)
-        except (AioKafkaError, TimeoutError) as exc:
-            # A rebalance under way: the revoke callback commits what is acked.
-            logger.info("kafka: commit of %s deferred: %s", self.topic, exc)
+        # Failing during a rebalance: the revoke callback commits what is acked.
+        if not await self._commit_within(consumer, offsets, "commit (deferred)"):
             return
         for tp, offset in offsets.items():
             part = self._partitions.get(tp)
