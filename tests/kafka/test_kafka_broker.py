@@ -20,7 +20,7 @@ from support.process import free_port
 
 import microbroker
 from microbroker import Delivery, Message, get_broker
-from microbroker_kafka import KafkaBroker, KafkaConnectError, KafkaDelivery
+from microbroker_kafka import KafkaBroker, KafkaConnectError, KafkaDelivery, SubscribeError
 
 HERE = Path(__file__).parent
 
@@ -351,3 +351,83 @@ async def test_a_group_joins_with_a_request_timeout_below_its_rebalance_timeout(
         await broker.subscribe(name, handler, queue=group)
         await broker.publish(name, Message(b"joined"))
         await eventually(lambda: received == [b"joined"], 20, "delivery")
+
+
+async def test_a_coordinator_lost_while_a_group_is_assigned_does_not_stall_it(
+    kafka_server: KafkaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator answers the first committed-offset lookup "not coordinator" (it moved).
+
+    aiokafka then waits for a position until its group coordination finds the
+    coordinator again, and that coordination waits for the assignment callback,
+    which asked for the position: subscribe() failed after join_timeout and
+    close() never returned. The callback now gives a position up after
+    request_timeout and places the partition by its first fetched record.
+    """
+    from aiokafka import errors as kafka_errors
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    fetch_committed = GroupCoordinator._do_fetch_commit_offsets
+    refused: list[object] = []
+
+    async def moved_once(self: GroupCoordinator, partitions: Any) -> Any:
+        if not refused:
+            refused.append(partitions)
+            self.coordinator_dead()
+            raise kafka_errors.NotCoordinatorForGroupError()
+        return await fetch_committed(self, partitions)
+
+    monkeypatch.setattr(GroupCoordinator, "_do_fetch_commit_offsets", moved_once)
+    name, group = topic(), f"g-{uuid.uuid4().hex[:8]}"
+    received: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        received.append(delivery.message.body)
+
+    options = {**FAST, "request_timeout": 2.0, "join_timeout": 20.0}
+    async with KafkaBroker(kafka_server.address, **options) as broker:
+        await asyncio.wait_for(broker.subscribe(name, handler, queue=group), 30)
+        assert refused, "the fault was not injected"
+        for n in range(5):
+            await broker.publish(name, Message(b"%d" % n))
+        await eventually(lambda: len(received) >= 5, 30, "delivery after the coordinator moved")
+        await asyncio.sleep(0.3)
+        assert received == [b"%d" % n for n in range(5)]
+        # What it handled is committed: the partition is the subscriber's like any other.
+        await asyncio.sleep(0.5)
+    committed = await committed_offsets(kafka_server.address, group, name)
+    assert sum(offset or 0 for offset in committed.values()) == 5
+
+
+async def test_a_broadcast_subscriber_whose_log_end_cannot_be_read_fails_clearly(
+    kafka_server: KafkaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log-end lookup the server keeps refusing: aiokafka retries it for ever.
+
+    subscribe() hung (and with it the test or the service starting up); it now
+    fails with a SubscribeError after join_timeout, and the broker goes on.
+    """
+    from aiokafka import errors as kafka_errors
+    from aiokafka.consumer.fetcher import Fetcher
+
+    async def refused(self: Fetcher, node_id: int, topic_data: Any) -> Any:
+        await asyncio.sleep(0.05)
+        raise kafka_errors.NotLeaderForPartitionError()
+
+    name = topic()
+    async with KafkaBroker(kafka_server.address, **{**FAST, "join_timeout": 3.0}) as broker:
+        await broker.publish(name, Message(b"topic made"))
+        with monkeypatch.context() as patch:
+            patch.setattr(Fetcher, "_proc_offset_request", refused)
+            with pytest.raises(SubscribeError) as info:
+                await asyncio.wait_for(broker.subscribe(name, lambda d: None), 20)
+        assert f"could not learn where the log of {name!r} ends" in str(info.value)
+        assert "within 3.0s" in str(info.value)
+        received: list[bytes] = []
+
+        async def handler(delivery: Delivery) -> None:
+            received.append(delivery.body)
+
+        await broker.subscribe(name, handler)
+        await broker.publish(name, Message(b"after"))
+        await eventually(lambda: received == [b"after"], 20, "delivery once the server answers")

@@ -238,6 +238,8 @@ class KafkaSubscriber(Subscriber):
         self._committer: asyncio.Task[None] | None = None
         self._redeliveries: set[asyncio.Task[None]] = set()
         self._assigned = asyncio.Event()
+        self._unplaced: set[TopicPartition] = set()
+        """Assigned partitions whose position the assignment callback could not learn in time."""
         self._busy: asyncio.Lock = asyncio.Lock()
         self._active = False
         self._closing = False
@@ -280,9 +282,19 @@ class KafkaSubscriber(Subscriber):
                 partitions = await self._broker._partitions_of(consumer, self.topic)
                 tps = [TopicPartition(self.topic, p) for p in partitions]
                 consumer.assign(tps)
-                await consumer.seek_to_end(*tps)
-                for tp in tps:
-                    self._partitions[tp] = _Partition(await consumer.position(tp))
+                # aiokafka retries a log-end lookup the server cannot answer (a partition
+                # it does not have, a lost connection) for ever, and silently.
+                try:
+                    async with asyncio.timeout(s.join_timeout):
+                        await consumer.seek_to_end(*tps)
+                        for tp in tps:
+                            self._partitions[tp] = _Partition(await consumer.position(tp))
+                except TimeoutError as exc:
+                    unknown = [tp.partition for tp in tps if tp not in self._partitions]
+                    raise SubscribeError(
+                        f"kafka could not learn where the log of {self.topic!r} ends "
+                        f"(partitions {unknown}) within {s.join_timeout}s"
+                    ) from exc
                 self._task = asyncio.create_task(self._run(), name=f"kafka {self.topic}")
         except BaseException:
             await self._stop_consumer()
@@ -296,7 +308,22 @@ class KafkaSubscriber(Subscriber):
         if consumer is None:
             return  # a join completing while the subscriber stops
         tps = list(tps)
-        positions = {tp: await consumer.position(tp) for tp in tps}
+        self._unplaced.clear()
+        positions = await self._positions(consumer, tps)
+        unknown = [tp for tp in tps if tp not in positions]
+        if unknown:
+            # The group's coordination waits for this callback, and what the position
+            # waits for (the committed offset) may wait for the coordination: a partition
+            # is placed by its first fetched record instead.
+            self._unplaced.update(unknown)
+            logger.warning(
+                "kafka: group %r could not learn its position in %s within %ss: "
+                "each is read from the first record the server hands out for it",
+                self.queue,
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in unknown),
+                self._settings.request_timeout,
+            )
+            tps = [tp for tp in tps if tp in positions]
         # A committed offset beyond the end of the log: the server lost records.
         try:
             ends = await consumer.end_offsets(tps) if tps else {}
@@ -318,6 +345,28 @@ class KafkaSubscriber(Subscriber):
             # (The group's coordination waits for this callback: the commit is bounded.)
             await self._commit_within(consumer, fresh, "commit of the starting offsets")
         self._assigned.set()
+
+    async def _positions(
+        self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The positions of ``tps`` the consumer learns within ``request_timeout``.
+
+        aiokafka waits for a position for ever (retrying silently): a partition
+        left out here is one it could not say in time.
+        """
+        if not tps:
+            return {}
+        lookups = {tp: asyncio.ensure_future(consumer.position(tp)) for tp in tps}
+        try:
+            done, _ = await asyncio.wait(lookups.values(), timeout=self._settings.request_timeout)
+        finally:
+            for lookup in lookups.values():
+                lookup.cancel()  # those still waiting (a cancelled callback: all of them)
+        return {
+            tp: lookup.result()
+            for tp, lookup in lookups.items()
+            if lookup in done and not lookup.cancelled() and lookup.exception() is None
+        }
 
     async def _commit_within(
         self,
@@ -347,6 +396,8 @@ class KafkaSubscriber(Subscriber):
         return offset if isinstance(offset, int) else None
 
     async def _on_revoked(self, tps: Iterable[TopicPartition]) -> None:
+        tps = list(tps)
+        self._unplaced.difference_update(tps)
         revoked = [tp for tp in tps if tp in self._partitions]
         for tp in revoked:
             self._partitions[tp].revoked = True
@@ -397,10 +448,16 @@ class KafkaSubscriber(Subscriber):
             owners = {tp: partitions.get(tp) for tp in batches}
             for tp, part in owners.items():
                 if part is None and queue is not None:
+                    first = batches[tp][0].offset
+                    if tp in self._unplaced:
+                        # Its position came after the assignment callback gave up on it.
+                        self._unplaced.discard(tp)
+                        owners[tp] = partitions[tp] = _Partition(first)
+                        continue
                     # Assigned, but the assignment callback has not registered it yet:
                     # fetched again from here once it has (it starts where this batch did).
                     with contextlib.suppress(AioKafkaError, AssertionError):
-                        consumer.seek(tp, batches[tp][0].offset)
+                        consumer.seek(tp, first)
             # One batch at a time holds the lock: redeliveries and revokes wait for its end.
             async with busy:
                 for tp, records in batches.items():
@@ -629,9 +686,23 @@ class KafkaSubscriber(Subscriber):
 
     async def _stop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
+        if consumer is None:
+            return
+        timeout = self._settings.request_timeout
+        try:
+            # A group consumer's stop() waits for its coordination to finish (a join
+            # in flight, for one): bounded, as the Java client's close() is.
+            await asyncio.wait_for(consumer.stop(), timeout)
+        except TimeoutError:
+            logger.warning(
+                "kafka: the consumer of %s did not stop within %ss; closing its connections",
+                self.topic,
+                timeout,
+            )
             with contextlib.suppress(Exception):
-                await consumer.stop()
+                await asyncio.wait_for(consumer._client.close(), timeout)
+        except Exception as exc:
+            logger.debug("kafka: stopping the consumer of %s: %s", self.topic, exc)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
