@@ -155,6 +155,38 @@ def test_message_ids_are_unique() -> None:
     assert len(ids) == 10_000
 
 
+def _published_ids(client: microbroker.Client, count: int) -> list[str]:
+    return [
+        client.build_message("t", {"n": n}, None, None).headers["Micro-Id"] for n in range(count)
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_process_publishes_message_ids_of_its_own() -> None:
+    """A child forked after its parent published must not repeat the parent's Micro-Ids.
+
+    JetStream deduplicates by Micro-Id (the default msg_id): a repeated id
+    from a forked worker (multiprocessing's default start method on Linux)
+    would be dropped as a duplicate, a message lost.
+    """
+    client = microbroker.Client(microbroker.get_broker("memory"))
+    _published_ids(client, 3)  # the parent has published before it forks
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent, then out without pytest's cleanup
+        try:
+            os.write(write, "\n".join(_published_ids(client, 100)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split("\n")
+    os.waitpid(pid, 0)
+    parent = _published_ids(client, 100)
+    assert len(child) == 100
+    assert not set(child) & set(parent), "a forked child repeated its parent's message ids"
+
+
 def test_metadata_mapping() -> None:
     meta = microbroker.Metadata({"Content-Type": "a"}, trace="t")
     meta["content-type"] = "b"

@@ -26,6 +26,22 @@ def new_message_id() -> str:
     return _PREFIX + str(next(_counter))
 
 
+def _new_prefix_after_fork() -> None:
+    """A forked child draws a prefix of its own: it must not repeat its parent's ids.
+
+    JetStream deduplicates by Micro-Id (the default ``msg_id``): a worker forked
+    by multiprocessing (the default start method on Linux) that repeated its
+    parent's ids would have its messages dropped as duplicates.
+    """
+    global _PREFIX, _counter
+    _PREFIX = os.urandom(8).hex() + "-"
+    _counter = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_prefix_after_fork)
+
+
 class Metadata(MutableMapping[str, str]):
     """Message metadata: a str-to-str mapping whose keys compare case-insensitively.
 
