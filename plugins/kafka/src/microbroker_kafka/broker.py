@@ -781,13 +781,26 @@ class KafkaBroker(Broker):
                 await sub.unsubscribe()
         producer, self._producer = self._producer, None
         admin, self._admin = self._admin, None
+        drain = self.settings.drain_timeout
         if producer is not None:
-            # stop() flushes the batches still lingering in the producer.
+            try:
+                # What confirm=False publishes left buffered or in flight.
+                await asyncio.wait_for(producer.flush(), drain)
+            except TimeoutError:
+                logger.warning(
+                    "kafka: published records were still unconfirmed by %s after "
+                    "drain_timeout=%ss; disconnecting drops those not yet stored "
+                    "(publish with confirm=True to know)",
+                    ",".join(self.settings.bootstrap_servers),
+                    drain,
+                )
+            except Exception as exc:
+                logger.debug("kafka: flushing the producer: %s", exc)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), self.settings.drain_timeout)
+                await asyncio.wait_for(producer.stop(), drain)
         if admin is not None:
             with contextlib.suppress(Exception):
-                await admin.close()
+                await asyncio.wait_for(admin.close(), drain)
 
     def _forget(self, sub: KafkaSubscriber) -> None:
         self._subscribers.discard(sub)
