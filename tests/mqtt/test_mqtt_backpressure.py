@@ -10,6 +10,7 @@ order, and that publishes which give up waiting hand their turn on.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -101,8 +102,9 @@ async def test_publishes_waiting_for_the_window_time_out_or_are_cancelled_and_th
 
 
 async def test_publishes_waiting_for_the_window_fail_when_the_broker_disconnects(
-    new_mosquitto: Callable[..., MosquittoServer],
+    new_mosquitto: Callable[..., MosquittoServer], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Publishes waiting for the window fail; those in it, unacknowledged, go with a warning."""
     server = new_mosquitto(persistence=False)
     broker = MqttBroker(server.url, max_inflight=4, publish_timeout=30.0, drain_timeout=0.5)
     await broker.connect()
@@ -113,8 +115,13 @@ async def test_publishes_waiting_for_the_window_fail_when_the_broker_disconnects
             asyncio.create_task(broker.publish("t", microbroker.Message(b"y"))) for _ in range(6)
         ]
         await asyncio.sleep(0)
-        await broker.disconnect()
+        with caplog.at_level(logging.WARNING, logger="microbroker.mqtt"):
+            await broker.disconnect()
         results = await asyncio.gather(*waiting, return_exceptions=True)
     finally:
         server.resume()
     assert all(isinstance(r, microbroker.NotConnected) for r in results), results
+    warnings = [r.getMessage() for r in caplog.records if r.name == "microbroker.mqtt"]
+    assert any(
+        "4 publish(es) still unacknowledged" in w and "drain_timeout=0.5s" in w for w in warnings
+    ), warnings

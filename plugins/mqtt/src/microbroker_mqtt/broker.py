@@ -231,6 +231,16 @@ class MqttBroker(Broker):
                 await asyncio.wait_for(self._drain(), timeout)
         finally:
             self._draining = False
+        unacknowledged = self._inflight.count
+        if unacknowledged:
+            logger.warning(
+                "mqtt: %d publish(es) still unacknowledged by %s:%s after drain_timeout=%ss; "
+                "disconnecting drops them (publish with confirm=True to know)",
+                unacknowledged,
+                self._host,
+                self._port,
+                timeout,
+            )
         for sub in list(self._subs):
             sub._stop()
         self._subs.clear()
