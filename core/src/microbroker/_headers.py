@@ -17,29 +17,31 @@ RESERVED = frozenset(name.casefold() for name in (CONTENT_TYPE, TOPIC, ID))
 
 # Unique message ids without a uuid4 per message: a random per-process prefix
 # and a counter. Unique across processes with overwhelming probability.
-_PREFIX = os.urandom(8).hex() + "-"
-_counter = itertools.count(1)
+_PREFIX: str
+_counter: itertools.count[int]
 
 
-def new_message_id() -> str:
-    """A new unique message id, for the ``Micro-Id`` header: ``<16 hex digits>-<decimal>``."""
-    return _PREFIX + str(next(_counter))
+def _draw_prefix() -> None:
+    """A new prefix and counter: at import, and again in every forked child.
 
-
-def _new_prefix_after_fork() -> None:
-    """A forked child draws a prefix of its own: it must not repeat its parent's ids.
-
-    JetStream deduplicates by Micro-Id (the default ``msg_id``): a worker forked
-    by multiprocessing (the default start method on Linux) that repeated its
-    parent's ids would have its messages dropped as duplicates.
+    A child must not repeat its parent's ids. JetStream deduplicates by Micro-Id
+    (the default ``msg_id``): a worker forked by multiprocessing (the default
+    start method on Linux) that repeated its parent's ids would have its
+    messages dropped as duplicates.
     """
     global _PREFIX, _counter
     _PREFIX = os.urandom(8).hex() + "-"
     _counter = itertools.count(1)
 
 
+_draw_prefix()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_prefix_after_fork)
+    os.register_at_fork(after_in_child=_draw_prefix)
+
+
+def new_message_id() -> str:
+    """A new unique message id, for the ``Micro-Id`` header: ``<16 hex digits>-<decimal>``."""
+    return _PREFIX + str(next(_counter))
 
 
 class Metadata(MutableMapping[str, str]):
