@@ -94,13 +94,18 @@ def kafka_server() -> Iterator[str]:
         yield f"{HOST}:{port}"
 
 
+async def new_topic(address: str, kind: str) -> str:
+    """A new topic for a raw case, made by a broker as the microbroker cases make theirs."""
+    topic = f"bench.{kind}.{uuid.uuid4().hex[:8]}"
+    async with KafkaBroker(address, **OPTIONS) as maker:
+        await maker._ensure_topic(topic)
+    return topic
+
+
 async def raw_case(
     address: str, body: bytes, headers: dict[str, str] | None, per_record: bool = True
 ) -> tuple[RunOnce, Any]:
-    topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
-    # The topic is made by a broker, as the other cases make theirs.
-    async with KafkaBroker(address, **OPTIONS) as maker:
-        await maker._ensure_topic(topic)
+    topic = await new_topic(address, "raw")
     producer = AIOKafkaProducer(
         bootstrap_servers=address, linger_ms=int(LINGER * 1000), max_batch_size=BATCH
     )
@@ -156,9 +161,7 @@ async def confluent_case(
     """librdkafka through confluent-kafka: produce() buffers in C, consume() runs in a thread."""
     assert confluent_kafka is not None
     ck = confluent_kafka
-    topic = f"bench.confluent.{uuid.uuid4().hex[:8]}"
-    async with KafkaBroker(address, **OPTIONS) as maker:
-        await maker._ensure_topic(topic)
+    topic = await new_topic(address, "confluent")
     loop = asyncio.get_running_loop()
     producer = ck.Producer(
         {
