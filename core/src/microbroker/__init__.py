@@ -5,7 +5,16 @@ are plugins, installed as separate distributions and found through the
 ``microbroker`` entry-point group.
 """
 
-from ._broker import Broker, Capabilities, Handler, Subscriber, Wildcards, check_topic, dispatch
+from ._broker import (
+    Broker,
+    Capabilities,
+    Handler,
+    Subscriber,
+    Wildcards,
+    check_topic,
+    dispatch,
+    dispatcher,
+)
 from ._client import Client, Publication
 from ._context import Context
 from ._errors import (
@@ -82,6 +91,7 @@ __all__ = [
     "available_brokers",
     "check_topic",
     "dispatch",
+    "dispatcher",
     "get_broker",
     "hookimpl",
     "plugin_errors",

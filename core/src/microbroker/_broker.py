@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias
@@ -263,24 +264,49 @@ def _check_header_value(name: str, value: str) -> None:
         raise InvalidHeader(f"header {name!r} is not valid UTF-8 text: {exc}") from exc
 
 
-async def dispatch(handler: Handler, delivery: Delivery, auto_ack: bool) -> None:
-    """Run ``handler`` on ``delivery`` with the standard settlement rules.
+def dispatch(handler: Handler, delivery: Delivery, auto_ack: bool) -> Coroutine[Any, Any, None]:
+    """Run ``handler`` on ``delivery`` with the standard settlement rules: ``await dispatch(...)``.
 
-    Every broker calls this for each delivery, so that all behave alike: an
-    exception is reported to the ``on_error`` hooks and nacks the delivery;
-    with ``auto_ack`` a handler that returns without settling acks it.
+    Every broker calls this (or :func:`dispatcher`) for each delivery, so that
+    all behave alike: an exception is reported to the ``on_error`` hooks and
+    nacks the delivery; with ``auto_ack`` a handler that returns without
+    settling acks it.
     """
+    return _dispatch(handler, auto_ack, delivery)
+
+
+def dispatcher(handler: Handler, auto_ack: bool) -> Handler:
+    """``handler`` under :func:`dispatch`'s rules, made once per subscription.
+
+    ``dispatcher(handler, auto_ack)(delivery)`` does what ``dispatch(handler,
+    delivery, auto_ack)`` does. A typed subscriber's handler settles its
+    deliveries itself, in the frame that decodes and calls: a broker that makes
+    its dispatcher once, when it subscribes, saves a coroutine per message.
+    """
+    settling = getattr(handler, "_microbroker_dispatcher", None)
+    if settling is not None:
+        made: Handler = settling(auto_ack)
+        return made
+    return functools.partial(_dispatch, handler, auto_ack)
+
+
+async def _dispatch(handler: Handler, auto_ack: bool, delivery: Delivery) -> None:
     try:
         await handler(delivery)
     except Exception as exc:
-        from ._registry import report_error
-
-        report_error(exc, delivery)
-        if not delivery.settled:
-            await delivery.nack()
+        await settle_failure(exc, delivery)
     else:
         if auto_ack and delivery._state == 0:
             if delivery.acks_locally:
                 delivery._state = 1
             else:
                 await delivery.ack()
+
+
+async def settle_failure(exc: Exception, delivery: Delivery) -> None:
+    """What :func:`dispatch` does when a handler raises: report ``exc``, nack if unsettled."""
+    from ._registry import report_error
+
+    report_error(exc, delivery)
+    if not delivery.settled:
+        await delivery.nack()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import sys
 import typing
 from asyncio import current_task
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from . import codecs
-from ._broker import Broker, Handler, Subscriber, check_topic, dispatch
+from ._broker import Broker, Handler, Subscriber, check_topic, dispatcher, settle_failure
 from ._context import Context
 from ._errors import DecodeError, MicrobrokerError
 from ._message import Delivery, Message
@@ -145,7 +146,16 @@ class _TypedHandler:
         # Under a retry policy the policy decides (dead letter); otherwise nack here.
         self._raise_decode_errors = subscription.retry is not None
 
-    async def __call__(self, delivery: Delivery) -> None:
+    def __call__(self, delivery: Delivery) -> Coroutine[Any, Any, None]:
+        """Decode and call; an exception goes to the caller (a retry policy, a runner)."""
+        return self._handle(None, delivery)
+
+    def _microbroker_dispatcher(self, auto_ack: bool) -> Handler:
+        """This handler settling deliveries as :func:`dispatch` would (see :func:`dispatcher`)."""
+        return functools.partial(self._handle, auto_ack)
+
+    async def _handle(self, auto_ack: bool | None, delivery: Delivery) -> None:
+        """Decode ``delivery``, call the subscriber and, unless ``auto_ack`` is None, settle."""
         in_flight = self._in_flight
         if in_flight.closing:
             # The server is stopping: leave the message to the broker to deliver again.
@@ -154,22 +164,34 @@ class _TypedHandler:
         running = in_flight.running
         running[delivery] = _task_of(self._loop)
         try:
-            if self._raw:
-                value: Any = delivery if self._into is Delivery else delivery.message
+            try:
+                if self._raw:
+                    value: Any = delivery if self._into is Delivery else delivery.message
+                else:
+                    content_type = delivery.content_type
+                    decode = self._decoders.get(content_type or "")
+                    try:
+                        if decode is None:
+                            decode = self._decoder(content_type)
+                        value = decode(delivery.body)
+                    except Exception as exc:
+                        await self._undecodable(delivery, content_type, exc)
+                        return
+                if self._takes_ctx:
+                    await self._fn(value, Context(delivery))
+                else:
+                    await self._fn(value)
+            except Exception as exc:
+                if auto_ack is None:
+                    raise
+                await settle_failure(exc, delivery)
             else:
-                content_type = delivery.content_type
-                decode = self._decoders.get(content_type or "")
-                try:
-                    if decode is None:
-                        decode = self._decoder(content_type)
-                    value = decode(delivery.body)
-                except Exception as exc:
-                    await self._undecodable(delivery, content_type, exc)
-                    return
-            if self._takes_ctx:
-                await self._fn(value, Context(delivery))
-            else:
-                await self._fn(value)
+                # dispatch()'s rules, in this frame (the delivery is still running meanwhile).
+                if auto_ack and delivery._state == 0:
+                    if delivery.acks_locally:
+                        delivery._state = 1
+                    else:
+                        await delivery.ack()
         finally:
             del running[delivery]
             if not running and in_flight.idle is not None:
@@ -214,10 +236,11 @@ def _concurrently(handler: Handler, limit: int, auto_ack: bool) -> Handler:
     """
     slots = asyncio.Semaphore(limit)
     tasks: set[asyncio.Task[None]] = set()
+    settled = dispatcher(handler, auto_ack)
 
     async def run(delivery: Delivery) -> None:
         try:
-            await dispatch(handler, delivery, auto_ack)
+            await settled(delivery)
         finally:
             slots.release()
 

@@ -29,7 +29,7 @@ import contextlib
 from collections import deque
 from typing import Any
 
-from .._broker import Broker, Capabilities, Handler, Subscriber, Wildcards, dispatch
+from .._broker import Broker, Capabilities, Handler, Subscriber, Wildcards, dispatcher
 from .._errors import InvalidTopic, PublishError
 from .._message import Delivery, Message
 
@@ -367,8 +367,7 @@ class _MemorySubscriber(Subscriber):
 
     async def _run(self) -> None:
         inbox = self._inbox
-        handler = self._handler
-        auto_ack = self.auto_ack
+        settled = dispatcher(self._handler, self.auto_ack)
         queue = self.queue
         space = self._space
         loop = asyncio.get_running_loop()
@@ -389,7 +388,7 @@ class _MemorySubscriber(Subscriber):
             delivery.queue = queue
             self._handling = True
             try:
-                await dispatch(handler, delivery, auto_ack)
+                await settled(delivery)
             finally:
                 self._handling = False
             count += 1

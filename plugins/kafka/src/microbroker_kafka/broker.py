@@ -47,7 +47,7 @@ from microbroker import (
     PublishError,
     Subscriber,
 )
-from microbroker._broker import Handler, dispatch, header_pairs
+from microbroker._broker import Handler, dispatcher, header_pairs
 
 from .errors import KafkaConnectError, SubscribeError
 from .options import KafkaOptions, parse_address
@@ -230,7 +230,8 @@ class KafkaSubscriber(Subscriber):
     ) -> None:
         super().__init__(topic, queue, auto_ack)
         self._broker = broker
-        self._handler = handler
+        # The handler under dispatch's settlement rules.
+        self._handler = dispatcher(handler, auto_ack)
         self._settings = settings
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, _Partition] = {}
@@ -420,7 +421,7 @@ class KafkaSubscriber(Subscriber):
     async def _run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        topic, queue, auto_ack, handler = self.topic, self.queue, self.auto_ack, self._handler
+        topic, queue, handler = self.topic, self.queue, self._handler
         partitions = self._partitions
         busy = self._busy
         max_records = self._settings.max_poll_records
@@ -471,8 +472,7 @@ class KafkaSubscriber(Subscriber):
                         offset = record.offset
                         part.outstanding.append(offset)
                         part.next = offset + 1
-                        await dispatch(
-                            handler,
+                        await handler(
                             KafkaDelivery(
                                 topic,
                                 record.value or b"",
@@ -484,8 +484,7 @@ class KafkaSubscriber(Subscriber):
                                 partition,
                                 offset,
                                 record.key,
-                            ),
-                            auto_ack,
+                            )
                         )
 
     async def _check_log_ends(self, consumer: AIOKafkaConsumer) -> None:
@@ -636,7 +635,7 @@ class KafkaSubscriber(Subscriber):
         again = self._next(delivery)
         async with self._busy:
             # A nack of this one schedules the next redelivery by itself.
-            await dispatch(self._handler, again, self.auto_ack)
+            await self._handler(again)
 
     # Committing. ----------------------------------------------------------------
 

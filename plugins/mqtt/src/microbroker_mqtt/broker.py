@@ -47,7 +47,7 @@ from microbroker import (
     PublishError,
     Subscriber,
     Wildcards,
-    dispatch,
+    dispatcher,
 )
 
 from .errors import MqttAuthError, MqttConnectError, SubscribeError
@@ -777,8 +777,7 @@ class MqttSubscriber(Subscriber):
     async def _run(self) -> None:
         queue = self._queue
         broker = self._broker
-        handler = self._handler
-        auto_ack = self.auto_ack
+        settled = dispatcher(self._handler, self.auto_ack)
         loop = asyncio.get_running_loop()
         while True:
             if not queue:
@@ -789,7 +788,7 @@ class MqttSubscriber(Subscriber):
             self._running = True
             broker._handled()
             try:
-                await dispatch(handler, delivery, auto_ack)
+                await settled(delivery)
             except Exception:  # dispatch reports handler errors; this is the hook failing
                 logger.exception("mqtt: delivery on %r failed", delivery.topic)
             finally:

@@ -52,6 +52,8 @@ _decoded_names: dict[bytes, str] = {}
 _subjects: dict[bytes, str] = {}
 # Whole header lines that repeat (Content-Type, Micro-Topic), when parsed.
 _parsed_lines: dict[bytes, tuple[str, str]] = {}
+# MSG/HMSG control lines without a reply subject -> their parsed fields.
+_control_lines: dict[bytes, tuple[int, bytes, bytes, int, int]] = {}
 _CACHED_VALUE = 200
 # Headers unique to each message: caching them would only churn the cache.
 _UNIQUE_NAMES = frozenset({"Micro-Id", "Nats-Msg-Id", "micro-id", "MICRO-ID"})
@@ -133,6 +135,41 @@ def _decode_name(name: bytes) -> str:
     return key
 
 
+def _parse_control_line(line: bytes) -> tuple[int, bytes, bytes, int, int]:
+    """``(sid, subject, reply, header size, total size)`` of a MSG or HMSG control line.
+
+    Lines without a reply subject repeat from message to message (same
+    subscription, same sizes) and are remembered; a request's reply inbox is
+    new each time, so those are not.
+    """
+    args = line.split()
+    count = len(args)
+    op = args[0]
+    try:
+        if op == b"MSG" and count == 4:
+            subject, sid, reply, hsize, size = args[1], args[2], b"", 0, int(args[3])
+        elif op == b"MSG" and count == 5:
+            subject, sid, reply, hsize, size = args[1], args[2], args[3], 0, int(args[4])
+        elif op == b"HMSG" and count == 5:
+            subject, sid, reply = args[1], args[2], b""
+            hsize, size = int(args[3]), int(args[4])
+        elif op == b"HMSG" and count == 6:
+            subject, sid, reply = args[1], args[2], args[3]
+            hsize, size = int(args[4]), int(args[5])
+        else:
+            raise ValueError(op)
+        if hsize > size or hsize < 0:
+            raise ValueError(hsize)
+        parsed = (int(sid), subject, reply, hsize, size)
+    except ValueError:
+        raise ProtocolError("nats: malformed MSG") from None
+    if not reply:
+        if len(_control_lines) >= _CACHE_LIMIT:
+            _control_lines.clear()  # sizes vary more than a cache can follow: start again
+        _control_lines[line] = parsed
+    return parsed
+
+
 class FastParser(Parser):
     """nats-py's protocol parser with a fast path for MSG and HMSG, the per-message operations.
 
@@ -169,53 +206,56 @@ class FastParser(Parser):
             if first != 77 and first != 72:  # neither "MSG" nor "HMSG"
                 await super().parse()
                 return
-            end = buf.find(_CRLF)
-            if end < 0:
-                if len(buf) > _MAX_CONTROL_LINE:
-                    raise ProtocolError("nats: control line too long")
-                return
-            args = bytes(buf[:end]).split()
-            count = len(args)
-            op = args[0]
-            try:
-                if op == b"MSG" and count == 4:
-                    subject, sid, reply, hsize, size = args[1], args[2], b"", 0, int(args[3])
-                elif op == b"MSG" and count == 5:
-                    subject, sid, reply, hsize, size = args[1], args[2], args[3], 0, int(args[4])
-                elif op == b"HMSG" and count == 5:
-                    subject, sid, reply = args[1], args[2], b""
-                    hsize, size = int(args[3]), int(args[4])
-                elif op == b"HMSG" and count == 6:
-                    subject, sid, reply = args[1], args[2], args[3]
-                    hsize, size = int(args[4]), int(args[5])
-                else:
-                    raise ValueError(op)
-                number = int(sid)
-            except ValueError:
-                raise ProtocolError("nats: malformed MSG") from None
-            start = end + 2
-            if len(buf) >= start + size + 2:
+            # Cut the messages out of one immutable copy of the buffer: bytes slices
+            # copy once (a bytearray's twice), and the buffer is cut once per read.
+            chunk = bytes(buf)
+            total = len(chunk)
+            pos = 0
+            while True:
+                end = chunk.find(_CRLF, pos)
+                if end < 0:
+                    if total - pos > _MAX_CONTROL_LINE:
+                        raise ProtocolError("nats: control line too long")
+                    del buf[:pos]
+                    return
+                line = chunk[pos:end]
+                known = _control_lines.get(line)
+                if known is None:
+                    known = _parse_control_line(line)
+                number, subject, reply, hsize, size = known
+                start = end + 2
+                stop = start + size
+                if total < stop + 2:
+                    # The payload is still on its way: wait for it in nats-py's own state.
+                    del buf[:start]
+                    self.msg_arg["subject"] = subject
+                    self.msg_arg["sid"] = number
+                    self.msg_arg["reply"] = reply
+                    self.needed = size
+                    self.header_needed = hsize
+                    self.state = _AWAITING_MSG_PAYLOAD
+                    break
                 if hsize:
-                    hdr = bytes(buf[start : start + hsize])
-                    payload = bytes(buf[start + hsize : start + size])
+                    hdr = chunk[start : start + hsize]
+                    payload = chunk[start + hsize : stop]
                 else:
                     hdr = None
-                    payload = bytes(buf[start : start + size])
-                del buf[: start + size + 2]
+                    payload = chunk[start:stop]
+                pos = stop + 2
                 # A message for a microbroker subscription goes to its sink without a coroutine.
                 if not nc.deliver_to_sink(number, subject, reply, payload, hdr):
+                    del buf[:pos]
                     await nc._process_msg(number, subject, reply, payload, hdr)
-                    if self.buf is not buf:
+                    if self.buf is not buf:  # reset by a reconnection meanwhile
                         return
-                continue
-            # The payload is still on its way: wait for it in nats-py's own state.
-            del buf[:start]
-            self.msg_arg["subject"] = subject
-            self.msg_arg["sid"] = number
-            self.msg_arg["reply"] = reply
-            self.needed = size
-            self.header_needed = hsize
-            self.state = _AWAITING_MSG_PAYLOAD
+                    break
+                if pos == total:
+                    buf.clear()
+                    return
+                first = chunk[pos]
+                if first != 77 and first != 72:  # another operation: nats-py's parser takes it
+                    del buf[:pos]
+                    break
 
 
 async def round_trip(nc: Client, timeout: float) -> None:

@@ -31,7 +31,7 @@ from microbroker import (
     Subscriber,
     Wildcards,
     check_topic,
-    dispatch,
+    dispatcher,
     report_error,
 )
 
@@ -756,11 +756,11 @@ class NatsBroker(Broker):
         if self._js is not None:
             return await self._subscribe_jetstream(topic, handler, queue, auto_ack, durable)
         sub = NatsSubscriber(self, topic, queue, auto_ack)
+        settled = dispatcher(handler, auto_ack)
 
         def on_message(subject: str, reply: str, data: bytes, headers: Headers) -> Awaitable[None]:
-            # Not a coroutine of its own: the sink awaits dispatch's directly.
-            delivery = NatsDelivery(subject, data, headers, queue, reply, nc)
-            return dispatch(handler, delivery, auto_ack)
+            # Not a coroutine of its own: the sink awaits the dispatcher's directly.
+            return settled(NatsDelivery(subject, data, headers, queue, reply, nc))
 
         await sub._start(nc, topic, on_message)
         self._subs.add(sub)
@@ -976,12 +976,12 @@ class NatsBroker(Broker):
             consumer=consumer,
             delete_consumer=queue is None and durable is None,
         )
+        settled = dispatcher(handler, auto_ack)
 
         async def on_message(subject: str, reply: str, data: bytes, headers: Headers) -> None:
             if not reply:  # a status message, not a stored one
                 return
-            delivery = _JetStreamDelivery(subject, data, headers, queue, reply, nc, settings)
-            await dispatch(handler, delivery, auto_ack)
+            await settled(_JetStreamDelivery(subject, data, headers, queue, reply, nc, settings))
 
         assert config.deliver_subject is not None
         await sub._start(nc, config.deliver_subject, on_message)

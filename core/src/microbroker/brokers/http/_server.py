@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..._broker import Handler, Subscriber, dispatch
+from ..._broker import Handler, Subscriber, dispatcher
 from ..._message import Delivery, Message
 from ...registries import Service
 from . import _wire
@@ -93,8 +93,7 @@ class HttpSubscriber(Subscriber):
 
     async def _run(self) -> None:
         inbox = self._inbox
-        handler = self._handler
-        auto_ack = self.auto_ack
+        settled = dispatcher(self._handler, self.auto_ack)
         loop = asyncio.get_running_loop()
         ack_timeout = self._broker.ack_timeout
         count = 0
@@ -107,7 +106,7 @@ class HttpSubscriber(Subscriber):
             delivery = inbox.popleft()
             self._handling = True
             try:
-                await dispatch(handler, delivery, auto_ack)
+                await settled(delivery)
             finally:
                 self._handling = False
             if not delivery.settled:
