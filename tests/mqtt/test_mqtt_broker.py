@@ -127,6 +127,57 @@ async def test_every_qos_delivers(mosquitto: MosquittoServer, qos: int) -> None:
     assert sorted(received, key=int) == [b"%d" % n for n in range(20)]
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_subscribers_sharing_a_message_each_get_headers_of_their_own(
+    mosquitto: MosquittoServer, protocol: str
+) -> None:
+    """One server message fanned out to three local subscriptions: a change one
+    handler makes to its message is not seen by the others."""
+    topic = f"fanout/{uuid.uuid4().hex[:8]}"
+    changed = asyncio.Event()
+    seen: dict[str, object] = {}
+
+    async def changes(delivery: microbroker.Delivery) -> None:
+        delivery.message.headers["Trace"] = "changed"
+        delivery.message.headers.pop("Content-Type")
+        seen["changer"] = dict(delivery.message.headers)
+        changed.set()
+
+    async def reads(delivery: microbroker.Delivery) -> None:
+        await changed.wait()
+        seen["reader"] = (delivery.content_type, dict(delivery.message.headers), delivery.body)
+
+    service = microbroker.Service("fanout", broker=MqttBroker(mosquitto.url, protocol=protocol))
+
+    @service.subscriber(topic)
+    async def typed(message: dict[str, int], ctx: microbroker.Context) -> None:
+        await changed.wait()
+        seen["typed"] = (message, dict(ctx.metadata))
+
+    await service.broker.connect()
+    try:
+        await service.broker.subscribe(topic, changes)
+        await service.broker.subscribe(topic, reads)
+        await service.start()
+        await service.client.publish(
+            service.client.new_message(topic, {"n": 1}), metadata={"Trace": "sent"}
+        )
+        await eventually(lambda: len(seen) == 3, "three deliveries")
+    finally:
+        await service.stop()
+        await service.broker.disconnect()
+    assert seen["changer"]["Trace"] == "changed"  # type: ignore[index]
+    content_type, headers, body = seen["reader"]  # type: ignore[misc]
+    assert content_type == "application/json"
+    assert headers["Trace"] == "sent"
+    assert headers["Content-Type"] == "application/json"
+    assert microbroker.codecs.get_codec("application/json").decode(body, dict) == {"n": 1}
+    message, metadata = seen["typed"]  # type: ignore[misc]
+    assert message == {"n": 1}
+    assert metadata["Trace"] == "sent"
+    assert metadata["Content-Type"] == "application/json"
+
+
 async def test_under_311_headers_travel_in_go_micros_envelope(mosquitto: MosquittoServer) -> None:
     """A plain MQTT 3.1.1 subscriber sees go-micro's JSON envelope, as go-micro sends it."""
     import base64

@@ -62,6 +62,7 @@ _AUTH_CODES = {4, 5, 0x86, 0x87, 0x8C}
 # Packet ids left for SUBSCRIBE/UNSUBSCRIBE when publishes fill the server's window.
 _CONTROL_IDS = 4
 _MAX_SUBSCRIPTION_ID = 268_435_455
+CONTENT_TYPE = "Content-Type"
 
 
 class MqttBroker(Broker):
@@ -593,15 +594,14 @@ class MqttBroker(Broker):
                 self._keep_orphan(topic, payload, properties)
             return 0
         message = self._decode(payload, properties)
-        first = True
-        for route in routes:
-            for sub in route.receivers():
-                if first:
-                    sub._push(_MqttDelivery(topic, message, queue=sub.queue))
-                    first = False
-                else:  # each handler gets headers of its own to change
-                    copy = Message(message.body, dict(message.headers))
-                    sub._push(_MqttDelivery(topic, copy, queue=sub.queue))
+        receivers = [sub for route in routes for sub in route.receivers() if sub._active]
+        # Several handlers share the message: each copies it when (and if) it reads it.
+        shared = len(receivers) > 1
+        for sub in receivers:
+            sub._push(_MqttDelivery(topic, message, sub.queue, shared))
+        self._pending += len(receivers)
+        if self._pending > self.settings.max_pending and not self._reading_paused:
+            self._pause_reading()
         return 0
 
     def _keep_orphan(self, topic: str, payload: bytes, properties: Mapping[str, Any]) -> None:
@@ -622,8 +622,10 @@ class MqttBroker(Broker):
         for topic, payload, properties in self._orphans:
             if route.matches(topic):
                 for sub in route.receivers():
-                    message = self._decode(payload, properties)
-                    sub._push(_MqttDelivery(topic, message, queue=sub.queue))
+                    if sub._active:
+                        message = self._decode(payload, properties)
+                        sub._push(_MqttDelivery(topic, message, sub.queue, False))
+                        self._received()
             else:
                 kept.append((topic, payload, properties))
         self._orphans = kept
@@ -689,7 +691,7 @@ class MqttBroker(Broker):
             self._pause_reading()
 
     def _handled(self) -> None:
-        self._pending -= 1
+        """Resume reading once the pending deliveries fall to half ``max_pending``."""
         if (
             self._reading_paused
             and self._pending <= self.settings.max_pending // 2
@@ -758,16 +760,14 @@ class MqttSubscriber(Subscriber):
     def _stop(self) -> None:
         self._active = False
         broker = self._broker
-        for _ in range(len(self._queue)):
-            broker._handled()
+        broker._pending -= len(self._queue)
         self._queue.clear()
+        broker._handled()
         self._task.cancel()
 
     def _push(self, delivery: Delivery) -> None:
-        if not self._active:
-            return
+        """Queue ``delivery`` (the caller counts it as pending with the broker)."""
         self._queue.append(delivery)
-        self._broker._received()
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -786,7 +786,9 @@ class MqttSubscriber(Subscriber):
                 continue
             delivery = queue.popleft()
             self._running = True
-            broker._handled()
+            broker._pending -= 1
+            if broker._reading_paused:
+                broker._handled()
             try:
                 await settled(delivery)
             except Exception:  # dispatch reports handler errors; this is the hook failing
@@ -798,11 +800,49 @@ class MqttSubscriber(Subscriber):
 
 
 class _MqttDelivery(Delivery):
-    """A delivery from MQTT: the client has acknowledged it to the server already."""
+    """A delivery from MQTT: the client has acknowledged it to the server already.
 
-    __slots__ = ()
+    A message fanned out to several local subscribers is shared by their
+    deliveries until one reads :attr:`message`, which then gets a copy of its
+    own to change: a typed handler that reads only the body and content type
+    copies nothing.
+    """
+
+    # ``body`` is a plain attribute here (Delivery's is a property): read once per message.
+    __slots__ = ("_msg", "_shared", "body")
 
     acks_locally = True
+
+    def __init__(self, topic: str, message: Message, queue: str | None, shared: bool) -> None:
+        # Set directly rather than through Delivery.__init__: this runs once per delivery.
+        self.topic = topic
+        self._msg = message
+        self._shared = shared
+        self.body = message.body  # type: ignore[misc]  # a slot here, a property in Delivery
+        self.queue = queue
+        self.attempt = 1
+        self._state = 0
+
+    @property
+    def message(self) -> Message:
+        """The message: the body and its headers (a copy of its own, once read)."""
+        message = self._msg
+        if self._shared:
+            message = self._msg = Message(message.body, dict(message.headers))
+            self._shared = False
+        return message
+
+    @message.setter
+    def message(self, message: Message) -> None:
+        self._msg = message
+        self._shared = False
+        self.body = message.body  # type: ignore[misc]
+
+    @property
+    def content_type(self) -> str | None:
+        message = self._msg  # read without copying
+        value = message.headers.get(CONTENT_TYPE)
+        return value if value is not None else message.header(CONTENT_TYPE)
 
 
 class _Route:
