@@ -50,6 +50,7 @@ from microbroker import (
     dispatcher,
 )
 
+from ._receiving import speed_up_receiving
 from .errors import MqttAuthError, MqttConnectError, SubscribeError
 from .options import DEFAULT_ADDRESS, MqttOptions, check_qos, parse_address
 
@@ -163,7 +164,7 @@ class MqttBroker(Broker):
             **properties,
         )
         client.set_config({"reconnect_retries": s.reconnect_retries, "reconnect_delay": 0})
-        _speed_up_property_parsing(client)
+        speed_up_receiving(client)
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -1041,61 +1042,6 @@ _SMALL_VBI = [bytes((n,)) for n in range(128)]
 
 def _vbi_size(value: int) -> int:
     return 1 if value < 128 else 2 if value < 16_384 else 3 if value < 2_097_152 else 4
-
-
-def _speed_up_property_parsing(client: Any) -> None:
-    """Parse the properties of incoming packets without gmqtt's generic codec when they
-    are only user properties and subscription identifiers (what this broker's messages
-    carry); anything else goes to gmqtt's own parser. The result has gmqtt's shape."""
-    handler = client._package_handler
-    generic = handler._parse_properties
-    state = handler._connection_state
-
-    def parse(packet: bytes) -> tuple[dict[str, Any] | None, bytes | None]:
-        if state.protocol_version < MQTTv50:
-            return {}, packet
-        size = packet[0] if packet else 0
-        if size >= 128:
-            return generic(packet)  # type: ignore[no-any-return]
-        end = 1 + size
-        i = 1
-        users: list[tuple[str, str]] = []
-        ids: list[int] = []
-        try:
-            while i < end:
-                kind = packet[i]
-                if kind == 0x26:
-                    n = (packet[i + 1] << 8) | packet[i + 2]
-                    j = i + 3 + n
-                    m = (packet[j] << 8) | packet[j + 1]
-                    k = j + 2 + m
-                    users.append((packet[i + 3 : j].decode(), packet[j + 2 : k].decode()))
-                    i = k
-                elif kind == 0x0B:
-                    value, shift = 0, 0
-                    i += 1
-                    while True:
-                        byte = packet[i]
-                        value |= (byte & 0x7F) << shift
-                        i += 1
-                        if not byte & 0x80:
-                            break
-                        shift += 7
-                    ids.append(value)
-                else:
-                    return generic(packet)  # type: ignore[no-any-return]
-        except (IndexError, UnicodeDecodeError):
-            return generic(packet)  # type: ignore[no-any-return]
-        if i != end:
-            return generic(packet)  # type: ignore[no-any-return]
-        properties: dict[str, Any] = {}
-        if users:
-            properties["user_property"] = users
-        if ids:
-            properties["subscription_identifier"] = ids
-        return properties, packet[end:]
-
-    handler._parse_properties = parse
 
 
 #: Bytes gathered before a write goes out without waiting for the end of the loop iteration.
