@@ -1077,6 +1077,12 @@ def _coalesce_writes(transport: Any) -> None:
 
     def buffered_write(data: bytes) -> None:
         nonlocal scheduled
+        if len(data) >= _COALESCE_LIMIT:
+            # A large packet goes out as it is, after what was gathered: no copy into the buffer.
+            flush()
+            if not transport.is_closing():
+                write(data)
+            return
         buffer.extend(data)
         if len(buffer) >= _COALESCE_LIMIT:
             flush()
