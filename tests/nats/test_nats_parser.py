@@ -118,3 +118,28 @@ def test_a_repeated_control_line_is_parsed_the_same_each_time() -> None:
 def test_a_malformed_message_line_is_a_protocol_error(line: bytes) -> None:
     with pytest.raises(ProtocolError):
         asyncio.run(FastParser(Recorder()).parse(line + b"abc\r\n"))
+
+
+async def test_a_subscription_past_its_pending_limit_drops_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Core NATS's slow-consumer rule: past PENDING_LIMIT unhandled messages, new ones
+    are dropped (and counted, with a warning), not queued without bound."""
+    from microbroker_nats import _client
+
+    monkeypatch.setattr(_client, "PENDING_LIMIT", 3)
+    nc = _client.FastClient()
+
+    async def never_called(*args: object) -> None:
+        raise AssertionError("the worker is not running in this test")
+
+    sink = _client.Sink(never_called, "test")
+    sink._closed = True  # the worker stops at once: messages stay queued
+    nc._sinks[1] = sink
+    nc._subs[1] = object()  # type: ignore[assignment]
+    stream = b"".join(msg_op(1, b"orders", b"", b"", b"%d" % n) for n in range(5))
+    await FastParser(nc).parse(stream)
+    assert [item[2] for item in sink._items] == [b"0", b"1", b"2"]
+    assert sink.dropped == 2
+    assert "slow consumer on 'orders': 1 messages dropped" in caplog.text
+    await sink.close()

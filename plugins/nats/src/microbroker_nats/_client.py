@@ -312,21 +312,15 @@ class Sink:
         self.dropped = 0
         self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
 
-    def push(self, item: tuple[str, str, bytes, Headers]) -> None:
-        items = self._items
-        if len(items) >= PENDING_LIMIT:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 10_000 == 0:
-                logger.warning(
-                    "nats: slow consumer on %r: %d messages dropped, the handler is too slow",
-                    item[0],
-                    self.dropped,
-                )
-            return
-        items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def drop(self, subject: str) -> None:
+        """Count a message dropped because the handler is too slow (core NATS's rule)."""
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 10_000 == 0:
+            logger.warning(
+                "nats: slow consumer on %r: %d messages dropped, the handler is too slow",
+                subject,
+                self.dropped,
+            )
 
     async def _run(self) -> None:
         items = self._items
@@ -487,18 +481,26 @@ class FastClient(SafeClient):
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
+        if headers is not None:
+            if not headers:
+                headers = None
+            elif len(headers) > 8 and headers[8] == 32:  # "NATS/1.0 100 ...": a status
+                return True  # (heartbeat, flow control): none is asked for
         name = _subjects.get(subject)
         if name is None:
             name = subject.decode()
             if len(_subjects) < _CACHE_LIMIT:
                 _subjects[subject] = name
-        if headers is not None:
-            if not headers:
-                headers = None
-            elif headers[8:9] == b" ":
-                return True  # a status message (heartbeat, flow control): none is asked for
-        # The header block is parsed by the delivery, when (and if) it is read.
-        sink.push((name, reply.decode() if reply else "", data, headers))
+        # Sink.push, inline: this runs once per message. The header block is parsed
+        # by the delivery, when (and if) it is read.
+        items = sink._items
+        if len(items) >= PENDING_LIMIT:
+            sink.drop(name)
+            return True
+        items.append((name, reply.decode() if reply else "", data, headers))
+        waiter = sink._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         return True
 
     async def _process_msg(
