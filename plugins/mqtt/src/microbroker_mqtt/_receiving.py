@@ -23,10 +23,14 @@ import time
 from typing import Any
 
 from gmqtt.mqtt.constants import MQTTv50  # type: ignore[import-untyped]
-from gmqtt.mqtt.utils import (  # type: ignore[import-untyped]
-    is_coroutine_function_or_partial,
-    run_coroutine_or_function,
-)
+
+try:
+    from gmqtt.mqtt.utils import (  # type: ignore[import-untyped]
+        is_coroutine_function_or_partial,
+        run_coroutine_or_function,
+    )
+except ImportError:  # pragma: no cover - a gmqtt without them keeps its own path
+    is_coroutine_function_or_partial = run_coroutine_or_function = None
 
 logger = logging.getLogger("microbroker.mqtt")
 
@@ -103,6 +107,8 @@ def speed_up_receiving(client: Any) -> bool:
     """Install the lean route on ``client``'s packet handler; ``False`` if gmqtt differs."""
     handler: Any = getattr(client, "_package_handler", None)
     missing = [name for name in _HANDLER_NEEDS if not hasattr(handler, name)]
+    if run_coroutine_or_function is None:
+        missing.append("gmqtt.mqtt.utils.run_coroutine_or_function")
     if missing:
         logger.warning(
             "mqtt: this gmqtt lacks %s: its own (slower) receive path is used",
