@@ -127,3 +127,15 @@ async def test_the_handler_error_goes_to_the_error_hooks(way: Way) -> None:
     finally:
         microbroker.unregister_plugin(hooks)
     assert [(str(error), got) for error, got in seen] == [("boom", delivery)]
+
+
+@pytest.mark.parametrize("auto_ack", [True, False])
+async def test_a_mock_handler_is_dispatched_like_any_other(auto_ack: bool) -> None:
+    """A mock answers every attribute: it must still be called, and settled by the rules."""
+    from unittest.mock import AsyncMock
+
+    handler = AsyncMock(return_value=None)
+    delivery = _Recording()
+    await microbroker.dispatcher(handler, auto_ack)(delivery)
+    handler.assert_awaited_once_with(delivery)
+    assert delivery.acked is auto_ack

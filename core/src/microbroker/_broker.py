@@ -283,9 +283,10 @@ def dispatcher(handler: Handler, auto_ack: bool) -> Handler:
     deliveries itself, in the frame that decodes and calls: a broker that makes
     its dispatcher once, when it subscribes, saves a coroutine per message.
     """
-    settling = getattr(handler, "_microbroker_dispatcher", None)
+    # Looked up on the type: a mock (AsyncMock) handler answers any attribute asked of it.
+    settling = getattr(type(handler), "_microbroker_dispatcher", None)
     if settling is not None:
-        made: Handler = settling(auto_ack)
+        made: Handler = settling(handler, auto_ack)
         return made
     return functools.partial(_dispatch, handler, auto_ack)
 
