@@ -600,9 +600,7 @@ class MqttBroker(Broker):
         shared = len(receivers) > 1
         for sub in receivers:
             sub._push(_MqttDelivery(topic, message, sub.queue, shared))
-        self._pending += len(receivers)
-        if self._pending > self.settings.max_pending and not self._reading_paused:
-            self._pause_reading()
+        self._received(len(receivers))
         return 0
 
     def _keep_orphan(self, topic: str, payload: bytes, properties: Mapping[str, Any]) -> None:
@@ -686,13 +684,15 @@ class MqttBroker(Broker):
 
     # Flow control of deliveries ----------------------------------------------------
 
-    def _received(self) -> None:
-        self._pending += 1
+    def _received(self, count: int = 1) -> None:
+        """Count ``count`` deliveries queued; stop reading past ``max_pending`` of them."""
+        self._pending += count
         if self._pending > self.settings.max_pending and not self._reading_paused:
             self._pause_reading()
 
-    def _handled(self) -> None:
-        """Resume reading once the pending deliveries fall to half ``max_pending``."""
+    def _handled(self, count: int = 1) -> None:
+        """Count ``count`` deliveries taken off the queues; read again at half ``max_pending``."""
+        self._pending -= count
         if (
             self._reading_paused
             and self._pending <= self.settings.max_pending // 2
@@ -761,9 +761,8 @@ class MqttSubscriber(Subscriber):
     def _stop(self) -> None:
         self._active = False
         broker = self._broker
-        broker._pending -= len(self._queue)
+        broker._handled(len(self._queue))
         self._queue.clear()
-        broker._handled()
         self._task.cancel()
 
     def _push(self, delivery: Delivery) -> None:
@@ -787,9 +786,7 @@ class MqttSubscriber(Subscriber):
                 continue
             delivery = queue.popleft()
             self._running = True
-            broker._pending -= 1
-            if broker._reading_paused:
-                broker._handled()
+            broker._handled()
             try:
                 await settled(delivery)
             except Exception:  # dispatch reports handler errors; this is the hook failing
@@ -841,9 +838,7 @@ class _MqttDelivery(Delivery):
 
     @property
     def content_type(self) -> str | None:
-        message = self._msg  # read without copying
-        value = message.headers.get(CONTENT_TYPE)
-        return value if value is not None else message.header(CONTENT_TYPE)
+        return self._msg.header(CONTENT_TYPE)  # read without copying
 
 
 class _Route:
