@@ -312,15 +312,23 @@ class Sink:
         self.dropped = 0
         self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
 
-    def drop(self, subject: str) -> None:
-        """Count a message dropped because the handler is too slow (core NATS's rule)."""
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 10_000 == 0:
-            logger.warning(
-                "nats: slow consumer on %r: %d messages dropped, the handler is too slow",
-                subject,
-                self.dropped,
-            )
+    def push(self, item: tuple[str, str, bytes, Headers]) -> None:
+        """Queue ``(subject, reply, body, headers)``; past PENDING_LIMIT it is dropped
+        and counted (core NATS's slow-consumer rule)."""
+        items = self._items
+        if len(items) >= PENDING_LIMIT:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                logger.warning(
+                    "nats: slow consumer on %r: %d messages dropped, the handler is too slow",
+                    item[0],
+                    self.dropped,
+                )
+            return
+        items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _run(self) -> None:
         items = self._items
@@ -491,16 +499,8 @@ class FastClient(SafeClient):
             name = subject.decode()
             if len(_subjects) < _CACHE_LIMIT:
                 _subjects[subject] = name
-        # Sink.push, inline: this runs once per message. The header block is parsed
-        # by the delivery, when (and if) it is read.
-        items = sink._items
-        if len(items) >= PENDING_LIMIT:
-            sink.drop(name)
-            return True
-        items.append((name, reply.decode() if reply else "", data, headers))
-        waiter = sink._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        # The header block is parsed by the delivery, when (and if) it is read.
+        sink.push((name, reply.decode() if reply else "", data, headers))
         return True
 
     async def _process_msg(
