@@ -49,6 +49,7 @@ from microbroker import (
 )
 from microbroker._broker import Handler, dispatcher, header_pairs
 
+from ._producing import Batcher
 from .errors import KafkaConnectError, SubscribeError
 from .options import KafkaOptions, parse_address
 
@@ -641,7 +642,10 @@ class KafkaSubscriber(Subscriber):
 
     async def _commit_loop(self) -> None:
         interval = self._settings.commit_interval
-        while True:
+        # Not ``while True``: on Python 3.11 a cancel that arrives as the commit's
+        # wait_for completes is swallowed (CPython gh-86296), and the loop would go on
+        # after unsubscribe() cancelled it.
+        while not self._closing:
             await asyncio.sleep(interval)
             await self._commit()
 
@@ -673,13 +677,24 @@ class KafkaSubscriber(Subscriber):
                 async with asyncio.timeout(self._settings.drain_timeout):
                     async with self._busy:
                         pass
-        for task in (self._task, self._committer, *self._redeliveries):
-            if task is not None:
-                task.cancel()
-        for task in (self._task, self._committer, *self._redeliveries):
-            if task is not None:
-                with contextlib.suppress(BaseException):
-                    await task
+        tasks = [t for t in (self._task, self._committer, *self._redeliveries) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: a task whose cancel was swallowed (see _commit_loop) must not
+            # hold unsubscribe() for ever; stopping the consumer below ends its requests.
+            done, pending = await asyncio.wait(tasks, timeout=self._settings.drain_timeout)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: it ended as it was being stopped
+            if pending:
+                logger.warning(
+                    "kafka: %d task(s) of the subscription to %s did not stop within "
+                    "drain_timeout=%ss; stopping its consumer anyway",
+                    len(pending),
+                    self.topic,
+                    self._settings.drain_timeout,
+                )
         await self._commit()
         await self._stop_consumer()
 
@@ -737,6 +752,7 @@ class KafkaBroker(Broker):
         self.settings = KafkaOptions(**{**options, "bootstrap_servers": servers})
         self.capabilities = _capabilities(self.settings)
         self._producer: AIOKafkaProducer | None = None
+        self._batcher: Batcher | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._topics: set[str] = set()
         self._creating: dict[str, asyncio.Future[None]] = {}
@@ -769,6 +785,7 @@ class KafkaBroker(Broker):
             handshake = await _tls_problem(s) if s.tls is not None else None
             raise KafkaConnectError(_connect_failure(s, exc, handshake)) from exc
         self._producer, self._admin = producer, admin
+        self._batcher = Batcher(producer, confirm=s.confirm, servers=",".join(s.bootstrap_servers))
         self._connected = True
 
     async def disconnect(self) -> None:
@@ -779,12 +796,13 @@ class KafkaBroker(Broker):
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         producer, self._producer = self._producer, None
+        batcher, self._batcher = self._batcher, None
         admin, self._admin = self._admin, None
         drain = self.settings.drain_timeout
-        if producer is not None:
+        if producer is not None and batcher is not None:
             try:
                 # What confirm=False publishes left buffered or in flight.
-                await asyncio.wait_for(producer.flush(), drain)
+                await asyncio.wait_for(_flush(batcher, producer), drain)
             except TimeoutError:
                 logger.warning(
                     "kafka: published records were still unconfirmed by %s after "
@@ -795,6 +813,7 @@ class KafkaBroker(Broker):
                 )
             except Exception as exc:
                 logger.debug("kafka: flushing the producer: %s", exc)
+            batcher.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), drain)
         if admin is not None:
@@ -882,11 +901,17 @@ class KafkaBroker(Broker):
                 await self._ensure_topic(topic)
             except AioKafkaError as exc:
                 raise PublishError(f"kafka topic {topic!r} could not be created: {exc}") from exc
-        producer = self._producer
-        if producer is None:
+        producer, batcher = self._producer, self._batcher
+        if producer is None or batcher is None:
             raise NotConnected("kafka broker is not connected: call connect() first")
         value = body if type(body) is bytes else bytes(body)
         try:
+            future = await batcher.append(topic, partition, key, value, record_headers)
+            if future is not None:
+                if self.settings.confirm:
+                    await future
+                return
+            # Not in the producer's metadata yet: send() waits for it.
             try:
                 future = await producer.send(
                     topic, value, key=key, partition=partition, headers=record_headers
@@ -1008,6 +1033,11 @@ def _connect_failure(s: KafkaOptions, exc: Exception, handshake: str | None = No
         f"cannot connect to kafka at {where}: {cause}; is the server running, is the "
         "address host:port right, and does the server require TLS or SASL?"
     )
+
+
+async def _flush(batcher: Batcher, producer: AIOKafkaProducer) -> None:
+    await batcher.flush()
+    await producer.flush()
 
 
 def _as_dict(settings: KafkaOptions) -> dict[str, Any]:

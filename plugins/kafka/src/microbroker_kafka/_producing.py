@@ -1,0 +1,218 @@
+"""Records appended straight to aiokafka's batches: one future per batch, not one per record.
+
+``AIOKafkaProducer.send()`` costs about ten microseconds of Python per record
+on top of encoding it: two coroutines, a metadata wait, a ``TopicPartition``,
+a future, a partitioner call over freshly built partition lists, and on
+delivery a ``RecordMetadata`` and a ``set_result`` per record. :class:`Batcher`
+appends a record to the open batch of its partition (aiokafka's own
+``BatchBuilder``, the C record builder underneath) and submits each batch once,
+through ``send_batch``, the producer's public batch API. aiokafka lingers,
+sends, retries and flushes those batches exactly as it does its own, so
+``linger``, ``batch_size``, ``acks`` and ``flush()`` keep their meaning.
+
+A publish that awaits confirmation awaits its batch: the batch is stored or
+failed as a whole. A failed batch nobody awaits is logged with its record
+count, never dropped in silence.
+
+Partitions are chosen as aiokafka chooses them (its partitioner: the murmur2
+hash of the key, or a random available partition without one), from lists
+rebuilt only when the producer's metadata changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    KafkaError,
+    MessageSizeTooLargeError,
+)
+from aiokafka.record.default_records import (  # type: ignore[import-untyped]
+    DefaultRecordBatchBuilder,
+)
+
+logger = logging.getLogger("microbroker.kafka")
+
+Headers = list[tuple[str, bytes]] | None
+
+
+class _Batch:
+    """One batch being filled: its builder, and what its records' publishers await."""
+
+    __slots__ = ("builder", "done", "partition", "records", "submission", "topic")
+
+    def __init__(self, builder: Any, topic: str, partition: int, loop: asyncio.AbstractEventLoop):
+        self.builder = builder
+        self.topic = topic
+        self.partition = partition
+        #: Resolved when the server has the batch; failed with the batch's error.
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.records = 0
+        #: The task handing the batch to aiokafka's accumulator.
+        self.submission: asyncio.Future[None] | None = None
+
+
+class Batcher:
+    """Appends records to per-partition batches of ``producer`` and submits each batch once.
+
+    ``confirm``: whether publishers await their batch; if not, a failed batch is
+    logged here (nobody else would see its error).
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, *, confirm: bool, servers: str) -> None:
+        self._producer = producer
+        self._cluster = producer.client.cluster
+        self._partitioner = producer._partitioner
+        self._max_request_size: int = producer._max_request_size
+        # A batch refuses a record that would take it past batch_size unless it is
+        # the batch's first; so with batch_size below the request limit, only a
+        # batch's first record can exceed that limit, and only it is measured.
+        batch_size: int = producer._message_accumulator._batch_size
+        self._measure_all = batch_size + 1024 >= self._max_request_size
+        self._accumulator = producer._message_accumulator
+        self._confirm = confirm
+        self._servers = servers
+        self._open: dict[tuple[str, int], _Batch] = {}
+        self._unfinished: set[_Batch] = set()
+        self._partitions: dict[str, tuple[list[int], list[int]]] = {}
+        self._cluster.add_listener(self._metadata_changed)
+
+    def close(self) -> None:
+        """Stop following the producer's metadata (the producer is being stopped)."""
+        self._cluster.remove_listener(self._metadata_changed)
+
+    async def flush(self) -> None:
+        """Wait until every batch begun so far is stored or failed."""
+        while self._unfinished:
+            await asyncio.wait([batch.done for batch in self._unfinished])
+
+    def _metadata_changed(self, cluster: Any) -> None:
+        self._partitions.clear()
+
+    def _partitions_of(self, topic: str) -> tuple[list[int], list[int]] | None:
+        """All partitions of ``topic`` (sorted, as the partitioner expects) and the available."""
+        found = self._partitions.get(topic)
+        if found is None:
+            every = self._cluster.partitions_for_topic(topic)
+            if not every:
+                return None
+            available = self._cluster.available_partitions_for_topic(topic) or ()
+            found = self._partitions[topic] = (sorted(every), list(available))
+        return found
+
+    async def append(
+        self, topic: str, partition: int | None, key: bytes | None, value: bytes, headers: Headers
+    ) -> asyncio.Future[None] | None:
+        """Add a record; the future is its batch's. ``None``: the topic or partition is not in
+        the producer's metadata (yet): the caller sends it the long way, which waits for it."""
+        known = self._partitions_of(topic)
+        if known is None:
+            return None
+        if partition is None:
+            partition = self._partitioner(key, known[0], known[1])
+        elif partition not in known[0]:
+            return None
+        batch = self._open.get((topic, partition))
+        if batch is not None:
+            if self._measure_all:
+                self._check_size(key, value, headers)
+            appended = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+            if appended is not None:
+                batch.records += 1
+                return batch.done
+            # Full: the builder closed itself. Wake aiokafka's sender, as its own
+            # send() does when a batch fills, rather than leave it to the linger timer.
+            waiter = self._accumulator._waiter_future
+            if not waiter.done():
+                waiter.set_result(None)
+        return await self._new_batch(topic, partition, key, value, headers)
+
+    def _check_size(self, key: bytes | None, value: bytes, headers: Headers) -> None:
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers or [])
+        if size > self._max_request_size:
+            raise MessageSizeTooLargeError(
+                f"the record is {size} bytes, over the producer's max_request_size of "
+                f"{self._max_request_size}"
+            )
+
+    async def _new_batch(
+        self, topic: str, partition: int, key: bytes | None, value: bytes, headers: Headers
+    ) -> asyncio.Future[None]:
+        self._check_size(key, value, headers)
+        where = (topic, partition)
+        previous = self._open.get(where)
+        batch = _Batch(self._producer.create_batch(), topic, partition, asyncio.get_running_loop())
+        batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        batch.records = 1
+        self._unfinished.add(batch)
+        # Publishers to this partition append to it from now on, while it waits for the
+        # partition's previous batch to be submitted and taken by the sender. It is
+        # submitted by a task of its own: a publisher cancelled meanwhile takes no
+        # other publisher's records with it.
+        self._open[where] = batch
+        batch.submission = asyncio.ensure_future(
+            self._submit(batch, previous.submission if previous is not None else None)
+        )
+        batch.submission.add_done_callback(_retrieved)
+        # The publisher that opened it waits for room, as send() makes it wait.
+        await asyncio.shield(batch.submission)
+        return batch.done
+
+    async def _submit(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
+        if previous is not None and not previous.done():
+            # One submission at a time per partition keeps the batches in order.
+            await asyncio.wait([previous])
+        try:
+            sent = await self._producer.send_batch(
+                batch.builder, batch.topic, partition=batch.partition
+            )
+        except BaseException as exc:
+            where = (batch.topic, batch.partition)
+            if self._open.get(where) is batch:
+                del self._open[where]
+            batch.builder.close()
+            self._settle(batch, exc)
+            raise
+        sent.add_done_callback(lambda future: self._finished(batch, future))
+
+    def _finished(self, batch: _Batch, sent: asyncio.Future[Any]) -> None:
+        where = (batch.topic, batch.partition)
+        if self._open.get(where) is batch:
+            del self._open[where]
+        if sent.cancelled():
+            self._settle(batch, asyncio.CancelledError())
+        else:
+            self._settle(batch, sent.exception())
+
+    def _settle(self, batch: _Batch, exc: BaseException | None) -> None:
+        done = batch.done
+        if done.done():
+            return
+        self._unfinished.discard(batch)
+        if exc is None:
+            done.set_result(None)
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            # Only a stopping producer or loop cancels a submission: its records are lost.
+            exc = KafkaError("the batch was cancelled before the producer sent it")
+        done.set_exception(exc)
+        done.exception()  # retrieved here: its publishers may not be awaiting it
+        if not self._confirm:
+            logger.error(
+                "kafka: %d record(s) published to %s partition %d were not stored by %s: %s "
+                "(publish with confirm=True to see such errors at publish)",
+                batch.records,
+                batch.topic,
+                batch.partition,
+                self._servers,
+                str(exc) or type(exc).__name__,
+            )
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark a submission's error as seen: its batch's publishers are told through the batch."""
+    if not task.cancelled():
+        task.exception()
