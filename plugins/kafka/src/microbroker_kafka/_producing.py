@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
@@ -30,6 +31,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     KafkaError,
     MessageSizeTooLargeError,
 )
+from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
@@ -66,6 +68,7 @@ class Batcher:
         self._producer = producer
         self._cluster = producer.client.cluster
         self._partitioner = producer._partitioner
+        self._keyless_random = type(self._partitioner) is DefaultPartitioner
         self._max_request_size: int = producer._max_request_size
         # A batch refuses a record that would take it past batch_size unless it is
         # the batch's first; so with batch_size below the request limit, only a
@@ -77,7 +80,7 @@ class Batcher:
         self._servers = servers
         self._open: dict[tuple[str, int], _Batch] = {}
         self._unfinished: set[_Batch] = set()
-        self._partitions: dict[str, tuple[list[int], list[int]]] = {}
+        self._partitions: dict[str, tuple[list[int], list[int], list[int]]] = {}
         self._cluster.add_listener(self._metadata_changed)
 
     def close(self) -> None:
@@ -92,43 +95,70 @@ class Batcher:
     def _metadata_changed(self, cluster: Any) -> None:
         self._partitions.clear()
 
-    def _partitions_of(self, topic: str) -> tuple[list[int], list[int]] | None:
-        """All partitions of ``topic`` (sorted, as the partitioner expects) and the available."""
-        found = self._partitions.get(topic)
-        if found is None:
+    def _partition_for(self, topic: str, partition: int | None, key: bytes | None) -> int | None:
+        """Where the record goes; ``None`` if ``topic`` or ``partition`` is not in the metadata."""
+        known = self._partitions.get(topic)
+        if known is None:
             every = self._cluster.partitions_for_topic(topic)
             if not every:
                 return None
-            available = self._cluster.available_partitions_for_topic(topic) or ()
-            found = self._partitions[topic] = (sorted(every), list(available))
-        return found
+            ordered = sorted(every)  # as the partitioner expects them
+            available = list(self._cluster.available_partitions_for_topic(topic) or ())
+            # A record without a key goes to a random available partition (any, if none is).
+            known = self._partitions[topic] = (ordered, available, available or ordered)
+        if partition is not None:
+            return partition if partition in known[0] else None
+        if key is None and self._keyless_random:
+            # What DefaultPartitioner does for a record without a key, without the call.
+            choices = known[2]
+            return choices[0] if len(choices) == 1 else random.choice(choices)
+        return int(self._partitioner(key, known[0], known[1]))
 
-    async def append(
+    def append(
         self, topic: str, partition: int | None, key: bytes | None, value: bytes, headers: Headers
     ) -> asyncio.Future[None] | None:
-        """Add a record; the future is its batch's. ``None``: the topic or partition is not in
-        the producer's metadata (yet): the caller sends it the long way, which waits for it."""
-        known = self._partitions_of(topic)
-        if known is None:
-            return None
+        """Add a record to its partition's open batch, without waiting: the batch's future.
+
+        ``None``: there is no open batch with room (or the topic or partition is not in
+        the producer's metadata yet); :meth:`open` then takes the record.
+        """
+        partition = self._partition_for(topic, partition, key)
         if partition is None:
-            partition = self._partitioner(key, known[0], known[1])
-        elif partition not in known[0]:
             return None
         batch = self._open.get((topic, partition))
-        if batch is not None:
-            if self._measure_all:
-                self._check_size(key, value, headers)
-            appended = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
-            if appended is not None:
-                batch.records += 1
-                return batch.done
+        if batch is None or not self._add(batch, key, value, headers):
+            return None
+        return batch.done
+
+    async def open(
+        self, topic: str, partition: int | None, key: bytes | None, value: bytes, headers: Headers
+    ) -> asyncio.Future[None] | None:
+        """Add a record, opening a batch for it if need be (waiting for room as ``send()`` does).
+
+        ``None``: the topic or partition is not in the producer's metadata (yet); the
+        caller sends the record the long way, with ``send()``, which waits for it.
+        """
+        partition = self._partition_for(topic, partition, key)
+        if partition is None:
+            return None
+        batch = self._open.get((topic, partition))
+        if batch is not None and self._add(batch, key, value, headers):
+            return batch.done
+        return await self._new_batch(topic, partition, key, value, headers)
+
+    def _add(self, batch: _Batch, key: bytes | None, value: bytes, headers: Headers) -> bool:
+        """Append to ``batch``; False if it is full (or already taken by the sender)."""
+        if self._measure_all:
+            self._check_size(key, value, headers)
+        if batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
             # Full: the builder closed itself. Wake aiokafka's sender, as its own
             # send() does when a batch fills, rather than leave it to the linger timer.
             waiter = self._accumulator._waiter_future
             if not waiter.done():
                 waiter.set_result(None)
-        return await self._new_batch(topic, partition, key, value, headers)
+            return False
+        batch.records += 1
+        return True
 
     def _check_size(self, key: bytes | None, value: bytes, headers: Headers) -> None:
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers or [])

@@ -906,7 +906,9 @@ class KafkaBroker(Broker):
             raise NotConnected("kafka broker is not connected: call connect() first")
         value = body if type(body) is bytes else bytes(body)
         try:
-            future = await batcher.append(topic, partition, key, value, record_headers)
+            future = batcher.append(topic, partition, key, value, record_headers)
+            if future is None:
+                future = await batcher.open(topic, partition, key, value, record_headers)
             if future is not None:
                 if self.settings.confirm:
                     await future
