@@ -56,6 +56,8 @@ from .options import KafkaOptions, parse_address
 logger = logging.getLogger("microbroker.kafka")
 
 CONTENT_TYPE = "Content-Type"
+_CONTENT_TYPES: dict[bytes, str] = {}
+"""Content types as received, decoded: a typed subscriber reads one per delivery."""
 RecordHeaders = Sequence[tuple[str, bytes]]
 """A Kafka record's headers as aiokafka reads them: ``(name, value)`` pairs."""
 
@@ -162,10 +164,15 @@ class KafkaDelivery(Delivery):
         if self._msg is None:
             found = None
             for name, value in self._raw_headers:
-                if name == CONTENT_TYPE:
+                if name == "Content-Type":
                     found = value  # the last one wins, as in the dict
             if found is not None:
-                return found.decode("utf-8", "replace")
+                text = _CONTENT_TYPES.get(found)
+                if text is None:
+                    text = found.decode("utf-8", "replace")
+                    if len(_CONTENT_TYPES) < 64:  # from the wire: bounded
+                        _CONTENT_TYPES[found] = text
+                return text
         return self.message.header(CONTENT_TYPE)
 
     async def ack(self) -> None:
