@@ -75,7 +75,9 @@ class Batcher:
         # batch's first record can exceed that limit, and only it is measured.
         batch_size: int = producer._message_accumulator._batch_size
         self._measure_all = batch_size + 1024 >= self._max_request_size
-        self._accumulator = producer._message_accumulator
+        # aiokafka 0.14 lingers per batch and its send() wakes the sender when a batch
+        # fills (``waiter()``); before 0.14 the sender polls, and nothing needs waking.
+        self._sender_waiter = getattr(producer._message_accumulator, "waiter", None)
         self._confirm = confirm
         self._servers = servers
         self._open: dict[tuple[str, int], _Batch] = {}
@@ -153,9 +155,10 @@ class Batcher:
         if batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
             # Full: the builder closed itself. Wake aiokafka's sender, as its own
             # send() does when a batch fills, rather than leave it to the linger timer.
-            waiter = self._accumulator._waiter_future
-            if not waiter.done():
-                waiter.set_result(None)
+            if self._sender_waiter is not None:
+                waiter = self._sender_waiter()
+                if not waiter.done():
+                    waiter.set_result(None)
             return False
         batch.records += 1
         return True
