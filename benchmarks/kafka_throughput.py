@@ -26,7 +26,7 @@ producer. The body is a protobuf message of about 100 bytes. Target:
 ``event protobuf`` >= 0.8x ``raw aiokafka``. The cases take turns, ``--repeat``
 rounds of each, and each keeps its best round.
 
-    python benchmarks/kafka_throughput.py [--messages 50000] [--repeat 3]
+    python benchmarks/kafka_throughput.py [--messages 50000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -345,7 +345,7 @@ def cpu_table(results: list[Result]) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     found = asyncio.run(main(args.messages, args.repeat))
     print(ratio_table(found, RAW, "Kafka publish->deliver throughput"))
