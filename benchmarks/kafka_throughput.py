@@ -325,8 +325,8 @@ async def main(messages: int, repeat: int) -> list[Result]:
 def cpu_table(results: list[Result]) -> str:
     """This process's CPU time per message (publisher and subscriber, both in it), least round.
 
-    Steadier than the rates on a shared machine: time the process waits for the
-    CPU is not counted. The ratio is the raw case's CPU over the case's: above
+    Time the process waits for the CPU is not counted (what other tenants do to
+    its caches still is). The ratio is the raw case's CPU over the case's: above
     1.00x, a message costs the case less than it costs raw aiokafka.
     """
     base = next(r.extra["cpu_us_per_message"] for r in results if r.name == RAW)
