@@ -36,6 +36,8 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
 
+from .options import KafkaOptions
+
 logger = logging.getLogger("microbroker.kafka")
 
 Headers = list[tuple[str, bytes]] | None
@@ -60,26 +62,26 @@ class _Batch:
 class Batcher:
     """Appends records to per-partition batches of ``producer`` and submits each batch once.
 
-    ``confirm``: whether publishers await their batch; if not, a failed batch is
-    logged here (nobody else would see its error).
+    ``settings`` are those ``producer`` was made with. Without ``confirm``,
+    publishers do not await their batch, so a failed batch is logged here
+    (nobody else would see its error).
     """
 
-    def __init__(self, producer: AIOKafkaProducer, *, confirm: bool, servers: str) -> None:
+    def __init__(self, producer: AIOKafkaProducer, settings: KafkaOptions) -> None:
         self._producer = producer
         self._cluster = producer.client.cluster
         self._partitioner = producer._partitioner
         self._keyless_random = type(self._partitioner) is DefaultPartitioner
-        self._max_request_size: int = producer._max_request_size
+        self._max_request_size = settings.max_request_size
         # A batch refuses a record that would take it past batch_size unless it is
         # the batch's first; so with batch_size below the request limit, only a
         # batch's first record can exceed that limit, and only it is measured.
-        batch_size: int = producer._message_accumulator._batch_size
-        self._measure_all = batch_size + 1024 >= self._max_request_size
+        self._measure_all = settings.batch_size + 1024 >= self._max_request_size
         # aiokafka 0.14 lingers per batch and its send() wakes the sender when a batch
         # fills (``waiter()``); before 0.14 the sender polls, and nothing needs waking.
         self._sender_waiter = getattr(producer._message_accumulator, "waiter", None)
-        self._confirm = confirm
-        self._servers = servers
+        self._confirm = settings.confirm
+        self._servers = ",".join(settings.bootstrap_servers)
         self._open: dict[tuple[str, int], _Batch] = {}
         self._unfinished: set[_Batch] = set()
         self._partitions: dict[str, tuple[list[int], list[int], list[int]]] = {}

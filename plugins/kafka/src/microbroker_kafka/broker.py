@@ -792,7 +792,7 @@ class KafkaBroker(Broker):
             handshake = await _tls_problem(s) if s.tls is not None else None
             raise KafkaConnectError(_connect_failure(s, exc, handshake)) from exc
         self._producer, self._admin = producer, admin
-        self._batcher = Batcher(producer, confirm=s.confirm, servers=",".join(s.bootstrap_servers))
+        self._batcher = Batcher(producer, s)
         self._connected = True
 
     async def disconnect(self) -> None:
