@@ -25,7 +25,7 @@ from harness import Counter, Result, ratio_table, save
 
 import microbroker
 from microbroker import Delivery, Message
-from microbroker._registry import registry
+from microbroker._plugins import registry
 
 BODY = bytes(128)
 SHAPE = "1->1 128B"

@@ -43,7 +43,7 @@ async def test_no_more_handlers_run_at_once_than_the_limit(limit: int) -> None:
 
 
 async def test_concurrent_handlers_are_acked_only_when_they_finish() -> None:
-    broker = MemoryBroker(f"conc-{next(_bus)}", redelivery_delay=0.01)
+    broker = MemoryBroker(f"conc-{next(_bus)}")
     service = microbroker.Service("conc", broker=broker)
     attempts: dict[int, int] = {}
 

@@ -11,21 +11,21 @@ from _helpers import Inbox, quiesce
 
 import microbroker
 from microbroker import Message
-from microbroker._registry import registry
+from microbroker._plugins import event_hooks, registry
 from microbroker.brokers.memory import MemoryBroker
 
 
 def memory(address: str, **options: Any) -> microbroker.Broker:
-    options.setdefault("redelivery_delay", 0.001)
+
     return microbroker.get_broker("memory", address=address, **options)
 
 
 def assert_uninstrumented(broker: microbroker.Broker) -> None:
-    """The broker runs its class's own methods: no wrapper, no extra call per message."""
-    assert "publish" not in vars(broker)
-    assert "subscribe" not in vars(broker)
-    assert broker.publish.__func__ is type(broker).publish  # type: ignore[attr-defined]
-    assert broker.subscribe.__func__ is type(broker).subscribe  # type: ignore[attr-defined]
+    """No hook on the hot path: publish hands the message straight to the transport's send."""
+    hooks = event_hooks()
+    assert not hooks.publishes
+    assert not hooks.delivers
+    assert broker.publish.__func__ is microbroker.Broker.publish  # type: ignore[attr-defined]
 
 
 class Tracer:
@@ -46,7 +46,7 @@ class Tracer:
 
 
 def test_no_event_hooks_means_the_broker_is_untouched(address: str) -> None:
-    assert not registry().has_event_hooks
+    assert not registry().event_hooks().publishes
     assert_uninstrumented(memory(address))
 
 
@@ -69,7 +69,7 @@ async def test_on_publish_adds_headers_and_on_deliver_observes(
     plugin(tracer, "tracer")
     inbox = Inbox()
     async with memory(address) as broker:
-        assert "publish" in vars(broker)  # instrumented
+        assert event_hooks().publishes
         await broker.subscribe("traced", inbox)
         await broker.publish("traced", Message(b"a", {"k": "v"}))
         await broker.publish("traced", Message(b"b"))
@@ -235,17 +235,31 @@ async def test_hooks_see_typed_publishes_and_deliveries(
     assert tracer.delivered == [("notes", "trace-1")]
 
 
-async def test_hooks_apply_to_brokers_made_after_registration(
+async def test_hooks_apply_to_every_broker_however_and_whenever_it_was_made(
     address: str, plugin: Callable[..., str]
 ) -> None:
-    before = memory(address)
-    name = plugin(Tracer(), "tracer")
+    """Hooks live in Broker.publish/subscribe: a broker built directly, or before the
+    plugin was registered, is observed as one from get_broker is."""
+    before = MemoryBroker(address)
+    tracer = Tracer()
+    name = plugin(tracer, "tracer")
     during = memory(address)
-    assert_uninstrumented(before)  # applied once, at creation, never per message
-    assert "publish" in vars(during)
-    microbroker.unregister_plugin(name)
-    assert_uninstrumented(memory(address))
-    assert isinstance(during, MemoryBroker)
+    inbox = Inbox()
+    async with before, during:
+        await during.subscribe("seen", inbox)
+        await before.publish("seen", Message(b"from a broker built directly, earlier"))
+        await during.publish("seen", Message(b"from get_broker"))
+        await inbox.wait_for(2)
+        microbroker.unregister_plugin(name)
+        assert_uninstrumented(before)
+        await before.publish("seen", Message(b"after the plugin left"))
+        await inbox.wait_for(3)
+    assert [body for _, _, body in tracer.published] == [
+        b"from a broker built directly, earlier",
+        b"from get_broker",
+    ]
+    # Delivery hooks wrap a subscription when it is made: this one keeps them.
+    assert [topic for topic, _ in tracer.delivered] == ["seen", "seen", "seen"]
 
 
 async def test_several_observers_run_in_pluggy_order_and_wrappers_still_work(

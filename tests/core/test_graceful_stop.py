@@ -20,8 +20,8 @@ _bus = itertools.count()
 def worker_pair(address: str) -> tuple[microbroker.Service, microbroker.Service]:
     """Two instances of one service, sharing a queue group on one in-process bus."""
     return (
-        microbroker.Service("billing", broker=MemoryBroker(address, redelivery_delay=0.01)),
-        microbroker.Service("billing", broker=MemoryBroker(address, redelivery_delay=0.01)),
+        microbroker.Service("billing", broker=MemoryBroker(address)),
+        microbroker.Service("billing", broker=MemoryBroker(address)),
     )
 
 

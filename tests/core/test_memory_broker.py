@@ -19,7 +19,7 @@ from microbroker.brokers.memory import MemoryBroker
 
 
 def memory(address: str, **options: Any) -> microbroker.Broker:
-    options.setdefault("redelivery_delay", 0.001)
+
     return microbroker.get_broker("memory", address=address, **options)
 
 
@@ -226,24 +226,23 @@ async def test_manual_ack_and_nack_with_auto_ack_off(address: str) -> None:
     assert inbox.bodies == [b"m", b"m", b"sentinel"]
 
 
-async def test_max_deliver_gives_up_and_reports(address: str, errors: Errors) -> None:
+async def test_the_retry_policy_gives_up_and_reports(address: str, errors: Errors) -> None:
     async def always_fails(delivery: microbroker.Delivery) -> None:
         raise RuntimeError(f"attempt {delivery.attempt}")
 
     inbox = Inbox(always_fails)
-    async with memory(address, max_deliver=3) as broker:
-        await broker.subscribe("poison", inbox)
+    policy = microbroker.RetryPolicy(max_attempts=3, backoff=0.001)
+    async with memory(address) as broker:
+        await broker.subscribe("poison", inbox, retry=policy)
         await broker.publish("poison", Message(b"poison"))
-        await wait_until(
-            lambda: any(isinstance(e, microbroker.PublishError) for e, _ in errors.seen)
-        )
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: any(isinstance(e, microbroker.GivenUp) for e, _ in errors.seen))
         await quiesce()
     assert [d.attempt for d in inbox.deliveries] == [1, 2, 3]
-    given_up = [(e, d) for e, d in errors.seen if isinstance(e, microbroker.PublishError)]
+    given_up = [(e, d) for e, d in errors.seen if isinstance(e, microbroker.GivenUp)]
     assert len(given_up) == 1
-    assert "max_deliver=3" in str(given_up[0][0])
+    assert "given up after 3 attempt(s)" in str(given_up[0][0])
     assert given_up[0][1] is inbox.deliveries[-1]
+    assert inbox.deliveries[-1].rejected
 
 
 async def test_nack_in_a_group_may_go_to_another_member_but_is_not_lost(

@@ -9,7 +9,7 @@ import pytest
 
 import microbroker
 from microbroker import codecs
-from microbroker._registry import registry
+from microbroker._plugins import registry
 from microbroker.brokers.memory import MemoryBroker
 
 
@@ -136,9 +136,11 @@ def test_broker_not_found_lists_suggests_and_names_the_package() -> None:
 @pytest.fixture
 def zeromq_is_a_known_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     """A known plugin of the project that is certainly not installed."""
-    from microbroker import _registry
+    from microbroker import _catalog
 
-    monkeypatch.setattr(_registry, "KNOWN_BROKER_PLUGINS", {"zeromq": "microbroker-zeromq"})
+    monkeypatch.setattr(
+        _catalog, "KNOWN_BROKERS", (_catalog.KnownPlugin("zeromq", "microbroker-zeromq"),)
+    )
 
 
 @pytest.mark.usefixtures("zeromq_is_a_known_plugin")
@@ -309,7 +311,8 @@ def register_brokers(register):
 def test_entry_point_plugins_with_a_typo_or_a_taken_name(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from microbroker._registry import Registry
+    from microbroker import _builtins
+    from microbroker._plugins import PluginRegistry
 
     suffix = tmp_path.name.replace("-", "_")
     typo_module, thief_module = f"typo_{suffix}", f"thief_{suffix}"
@@ -318,7 +321,7 @@ def test_entry_point_plugins_with_a_typo_or_a_taken_name(
         tmp_path, "microbroker-thiefplugin", {"thief": thief_module}, {thief_module: _THIEF}
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    reg = Registry()
+    reg = PluginRegistry(builtins=_builtins)
 
     typo_errors = [e for e in reg.errors if e.distribution == "microbroker-typoplugin"]
     assert len(typo_errors) == 1

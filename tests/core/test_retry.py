@@ -26,9 +26,12 @@ class Errors:
     @microbroker.hookimpl
     def on_error(self, error: BaseException, delivery: Delivery | None) -> None:
         self.seen.append(error)
+        if isinstance(error, microbroker.GivenUp) and delivery is not None:
+            self.deliveries.append(delivery)
 
     def __init__(self) -> None:
         self.seen: list[BaseException] = []
+        self.deliveries: list[Delivery] = []
 
 
 @pytest.fixture
@@ -69,7 +72,7 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_attempts(
             attempts.append(delivery.attempt)
             raise ValueError("cannot bill this order")
 
-        await broker.subscribe("orders", microbroker.retrying(failing, broker, POLICY))
+        await broker.subscribe("orders", failing, retry=POLICY)
         await broker.publish("orders", Message(b"order-1", {"Tenant": "a"}))
         letter = await asyncio.wait_for(dead.get(), 5)
         await asyncio.sleep(0.2)
@@ -81,8 +84,12 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_attempts(
     assert headers["Micro-Attempts"] == "3"
     assert headers["Micro-Error"] == "cannot bill this order"
     assert headers["Micro-Error-Type"] == "builtins.ValueError"
+    assert headers["Micro-ID"], "a dead letter has an id of its own"
+    assert "Micro-Original-ID" not in headers, "the original (a raw publish) had none"
     assert dead.empty(), "one dead letter per message"
     assert sum(isinstance(e, ValueError) for e in errors.seen) == 3
+    (given_up,) = [e for e in errors.seen if isinstance(e, microbroker.GivenUp)]
+    assert (given_up.attempts, given_up.dead_letter) == (3, "orders.dlq")
 
 
 @pytest.mark.parametrize("broker_cls", [MemoryBroker, NoAckBroker], ids=["ack", "no-ack"])
@@ -100,7 +107,7 @@ async def test_a_message_that_succeeds_on_a_retry_is_not_dead_lettered(
                 raise ConnectionError("the database blinked")
             done.set()
 
-        await broker.subscribe("jobs", microbroker.retrying(flaky, broker, POLICY))
+        await broker.subscribe("jobs", flaky, retry=POLICY)
         await broker.publish("jobs", Message(b"job"))
         await asyncio.wait_for(done.wait(), 5)
         await asyncio.sleep(0.2)
@@ -130,7 +137,7 @@ async def test_an_undecodable_message_is_dead_lettered_at_once(
     assert handled == ["hi"], "the good message after the bad one is handled"
     assert letter.message.body == b"\xffgarbage"
     assert letter.message.headers["Micro-Attempts"] == "1", "no retry for a permanent error"
-    assert letter.message.headers["Micro-Error-Type"] == "microbroker._errors.DecodeError"
+    assert letter.message.headers["Micro-Error-Type"].endswith(".DecodeError")
     assert any(isinstance(e, microbroker.DecodeError) for e in errors.seen)
 
 
@@ -145,14 +152,10 @@ async def test_the_dead_letter_topic_is_configurable_and_can_be_turned_off(
             raise RuntimeError("no")
 
         await broker.subscribe(
-            "payments",
-            microbroker.retrying(
-                failing, broker, RetryPolicy(max_attempts=1, dead_letter="graveyard.<topic>")
-            ),
+            "payments", failing, retry=RetryPolicy(max_attempts=1, dead_letter="graveyard.<topic>")
         )
         await broker.subscribe(
-            "refunds",
-            microbroker.retrying(failing, broker, RetryPolicy(max_attempts=1, dead_letter=None)),
+            "refunds", failing, retry=RetryPolicy(max_attempts=1, dead_letter=None)
         )
         await broker.publish("payments", Message(b"p"))
         await broker.publish("refunds", Message(b"r"))
@@ -161,26 +164,35 @@ async def test_the_dead_letter_topic_is_configurable_and_can_be_turned_off(
     assert letter.message.body == b"p"
     assert default.empty()
     reported = [e for e in errors.seen if isinstance(e, RuntimeError)]
-    assert len(reported) == 2, "a message given up without a dead letter is still reported"
+    assert len(reported) == 2, "each failure is reported"
+    given_up = {e.topic: e for e in errors.seen if isinstance(e, microbroker.GivenUp)}
+    assert given_up["payments"].dead_letter == "graveyard.payments"
+    assert given_up["refunds"].dead_letter is None, "given up without a dead letter: reported"
 
 
-async def test_a_dead_letter_that_cannot_be_published_keeps_the_message(address: str) -> None:
-    async with MemoryBroker(address, redelivery_delay=0.01) as broker:
-        attempts: list[int] = []
-        again = asyncio.Event()
+async def test_a_dead_letter_that_cannot_be_published_is_reported_with_the_message(
+    address: str, errors: Errors
+) -> None:
+    """A poison message never blocks its subscription: rejected anyway, and the hook has it all."""
+    async with MemoryBroker(address) as broker:
+        handled = asyncio.Event()
 
         async def failing(delivery: Delivery) -> None:
-            attempts.append(delivery.attempt)
-            if len(attempts) >= 2:
-                again.set()
+            if delivery.message.body == b"next":
+                handled.set()
+                return
             raise RuntimeError("no")
 
-        # An empty dead-letter topic cannot be published to: the message must be nacked, not lost.
-        policy = RetryPolicy(max_attempts=1, dead_letter="", max_backoff=0.01)
-        await broker.subscribe("lost", microbroker.retrying(failing, broker, policy))
+        # An empty dead-letter topic cannot be published to.
+        policy = RetryPolicy(max_attempts=1, dead_letter="")
+        await broker.subscribe("lost", failing, retry=policy)
         await broker.publish("lost", Message(b"keep me"))
-        await asyncio.wait_for(again.wait(), 5)
-    assert attempts[:2] == [1, 2]
+        await broker.publish("lost", Message(b"next"))
+        await asyncio.wait_for(handled.wait(), 5)
+    (given_up,) = [e for e in errors.seen if isinstance(e, microbroker.GivenUp)]
+    assert given_up.dead_letter is None
+    assert isinstance(given_up.failure, microbroker.InvalidTopic)
+    assert errors.deliveries[-1].message.body == b"keep me"
 
 
 def test_policy_backoff_grows_and_is_capped() -> None:

@@ -49,7 +49,7 @@ def errors(plugin: Callable[..., str]) -> Errors:
 
 
 def memory(address: str, **options: Any) -> microbroker.Broker:
-    options.setdefault("redelivery_delay", 0.001)
+
     return microbroker.get_broker("memory", address=address, **options)
 
 
@@ -135,14 +135,14 @@ async def test_metadata_travels_as_go_micro_headers(address: str) -> None:
         assert h["Micro-Topic"] == "greetings"  # reserved names cannot be overridden
         assert h["Tenant"] == "a"
         assert h["trace-id"] == "t1"
-        assert h["Micro-Id"]
-    assert headers[0]["Micro-Id"] != headers[1]["Micro-Id"]  # unique per message
+        assert h["Micro-ID"]
+    assert headers[0]["Micro-ID"] != headers[1]["Micro-ID"]  # unique per message
     ctx = typed.deliveries[0]
     assert ctx.metadata["tenant"] == "a"  # case-insensitive
     assert ctx.metadata["TENANT"] == "a"
     assert ctx.metadata["content-type"] == codecs.JSON
     assert "MICRO-ID" in ctx.metadata
-    assert ctx.message_id == headers[0]["Micro-Id"]
+    assert ctx.message_id == headers[0]["Micro-ID"]
     assert ctx.topic == "greetings"
     assert ctx.attempt == 1
     assert "Tenant" in list(ctx.metadata)  # the original case is kept
@@ -157,7 +157,7 @@ def test_message_ids_are_unique() -> None:
 
 def _published_ids(client: microbroker.Client, count: int) -> list[str]:
     return [
-        client.build_message("t", {"n": n}, None, None).headers["Micro-Id"] for n in range(count)
+        client.build_message("t", {"n": n}, None, None).headers["Micro-ID"] for n in range(count)
     ]
 
 
@@ -245,7 +245,7 @@ async def test_undecodable_raw_publish_raises_decode_error_to_on_error(
 ) -> None:
     into = {"OrderCreated": OrderCreated, "Greeting": Greeting}[into_name]
     handled = Inbox()
-    broker = memory(address, max_deliver=2)
+    broker = memory(address)
     service = microbroker.Service("decode", broker=broker)
 
     async def handler(msg: Any) -> None:
@@ -259,19 +259,20 @@ async def test_undecodable_raw_publish_raises_decode_error_to_on_error(
         await broker.publish("typed", Message(body, dict(headers)))
         await service.event("typed").publish(good)
         await handled.wait_for(1)
-        # max_deliver=2: the bad message comes once more, then it is given up (and reported).
-        await wait_until(lambda: len(errors.of_type(microbroker.PublishError)) == 1)
+        # Decoding the same bytes again cannot succeed: given up at once (and reported).
+        await wait_until(lambda: len(errors.of_type(microbroker.GivenUp)) == 1)
         await quiesce()
     assert handled.deliveries == [good]  # the handler never saw the bad body
     decode_errors = errors.of_type(microbroker.DecodeError)
-    assert [d.attempt for _, d in decode_errors] == [1, 2]  # nacked, hence redelivered
+    assert [d.attempt for _, d in decode_errors] == [1]  # tried once, not redelivered
     error, delivery = decode_errors[0]
     assert error.topic == "typed"
     assert error.content_type == content_type
     assert error.expected is into
     assert error.cause is not None
     assert delivery.message.body == body
-    assert delivery.nacked
+    assert delivery.rejected
+    assert errors.of_type(microbroker.GivenUp)[0][0].dead_letter == "typed.dlq"
     message = str(error)
     assert "typed" in message
     assert into.__qualname__ in message
@@ -280,7 +281,7 @@ async def test_undecodable_raw_publish_raises_decode_error_to_on_error(
 
 async def test_subscription_keeps_running_after_decode_errors(address: str, errors: Errors) -> None:
     handled = Inbox()
-    broker = memory(address, max_deliver=1)
+    broker = memory(address)
     service = microbroker.Service("keeps-running", broker=broker)
 
     @service.subscriber("mixed")
@@ -356,7 +357,7 @@ async def test_register_subscriber(address: str) -> None:
         got.add(msg)
 
     subscription = microbroker.register_subscriber("reg", server, handler, queue="q")
-    assert subscription in server.subscriptions
+    assert subscription in server.subscribers
     assert subscription.queue == "q"
     assert subscription.message_type is Greeting
     with pytest.raises(microbroker.MicrobrokerError, match="already registered"):
@@ -519,7 +520,7 @@ async def test_two_services_on_one_bus(address: str) -> None:
 async def test_undecodable_body_for_a_subscriber_of_any_type(address: str, errors: Errors) -> None:
     """Without an annotation the body is JSON-decoded; bad JSON is a DecodeError too."""
     got = Inbox()
-    broker = memory(address, max_deliver=1)
+    broker = memory(address)
     service = microbroker.Service("any", broker=broker)
 
     @service.subscriber("any")

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import microbroker
 from microbroker import Context, Delivery, Message, RpcError, Service
-from microbroker._registry import registry
+from microbroker._plugins import registry
 
 HERE = Path(__file__).resolve().parent
 

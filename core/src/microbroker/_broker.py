@@ -1,37 +1,29 @@
-"""The Broker interface: what every transport implements."""
+"""The Broker interface: what every transport implements, and what every broker does alike."""
 
 from __future__ import annotations
 
 import abc
-import functools
-import logging
-import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeAlias
 
-from ._errors import InvalidHeader, InvalidTopic, NotConnected
-from ._message import Delivery, Message
+from . import _plugins
+from ._delivery import Delivery, _Contract
+from ._dispatch import concurrently, dispatcher
+from ._errors import MessageTooLarge, NotConnected
+from ._headers import check_headers, header_size
+from ._message import Message
+from ._retry import DEFAULT_RETRY, RetryPolicy
+from ._topics import Wildcards, check_topic
 
 Handler: TypeAlias = Callable[[Delivery], Awaitable[None]]
 """A broker-level handler: ``async def handler(delivery: Delivery) -> None``."""
 
-logger = logging.getLogger("microbroker")
-
-
-@dataclass(frozen=True, slots=True)
-class Wildcards:
-    """The wildcard syntax of a broker's topics.
-
-    For example NATS: ``.``, ``*``, ``>``; MQTT: ``/``, ``+``, ``#``.
-    """
-
-    separator: str
-    one: str
-    """Matches exactly one level."""
-    many: str
-    """Matches one or more trailing levels."""
+# Below this many bytes under the limit (and with few headers) a message cannot be over it:
+# the exact size is counted only for messages close to the limit.
+_SIZE_SLACK = 64 * 1024
+_FEW_HEADERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +49,17 @@ class Capabilities:
     wildcards: Wildcards | None = None
     """Topic wildcards for subscribe, or ``None`` when topics are matched literally."""
     max_message_size: int | None = None
-    """Largest body (bytes) the broker accepts, or ``None`` when only memory limits it."""
+    """The largest message the broker carries, or ``None`` when only memory limits it.
+
+    It counts the body plus every header's name and UTF-8 value (framing is
+    the transport's to allow for). ``Broker.publish`` refuses a larger message
+    with :class:`~microbroker.MessageTooLarge` before the transport sees it,
+    and the broker stays connected; every message up to it is carried.
+    """
 
 
 class Subscriber(abc.ABC):
-    """A live subscription, returned by :meth:`Broker.subscribe`."""
+    """A live subscription, from :meth:`Broker.subscribe`: go-micro's ``broker.Subscriber``."""
 
     def __init__(self, topic: str, queue: str | None, auto_ack: bool) -> None:
         self.topic = topic
@@ -75,7 +73,10 @@ class Subscriber(abc.ABC):
 
     @abc.abstractmethod
     async def unsubscribe(self) -> None:
-        """Stop delivery to this subscription. Calling it twice is harmless."""
+        """Stop delivery to this subscription. Calling it twice is harmless.
+
+        It must work from inside the subscription's own handler too.
+        """
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} topic={self.topic!r} queue={self.queue!r}>"
@@ -87,19 +88,38 @@ class Broker(abc.ABC):
     Use it as an async context manager (``async with broker:``) or call
     :meth:`connect` and :meth:`disconnect`. ``str(broker)`` is the name it was
     registered under.
+
+    **For transports.** :meth:`publish` and :meth:`subscribe` are the same for
+    every broker: they check their arguments, apply the event hooks of the
+    installed plugins and the subscription's retry policy, and call the
+    transport's :meth:`send` and :meth:`receive`, which a broker implements
+    (with ``connected``, :meth:`connect` and :meth:`disconnect`).
     """
 
-    #: The name the broker is registered under; the registry sets it on each instance it creates.
+    #: The name the broker is registered under; ``get_broker`` sets it on each instance it
+    #: creates. A plugin sets it on its class too, for brokers users make directly.
     name: str = "broker"
     #: What the broker promises; a broker whose guarantees depend on its options
-    #: sets this per instance.
+    #: sets this per instance, in ``__init__``.
     capabilities: Capabilities = Capabilities()
-    #: The address used when none is given.
+    #: The address used when none is given (and ``MICRO_BROKER_ADDRESS`` is not set).
     default_address: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for method, instead in (("publish", "send"), ("subscribe", "receive")):
+            if method in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__qualname__} overrides Broker.{method}(): implement "
+                    f"{instead}() instead; {method}() checks its arguments and applies the "
+                    "plugins' event hooks and the retry policy the same way for every broker"
+                )
+
     def __init__(self, address: str | None = None, **options: Any) -> None:
+        """``address`` (default :attr:`default_address`) and the broker's options."""
         self._address = address or self.default_address
         self._options: dict[str, Any] = options
+        self._hooked: tuple[_plugins.EventHooks, Callable[..., Awaitable[None]]] | None = None
 
     @property
     def address(self) -> str:
@@ -111,10 +131,15 @@ class Broker(abc.ABC):
         """The options the broker was created with."""
         return self._options
 
+    # What a transport implements. ----------------------------------------------------
+
     @property
     @abc.abstractmethod
     def connected(self) -> bool:
-        """Whether :meth:`connect` succeeded and :meth:`disconnect` has not been called."""
+        """Whether :meth:`connect` succeeded and :meth:`disconnect` has not been called.
+
+        Read on every publish: keep it cheap.
+        """
 
     @abc.abstractmethod
     async def connect(self) -> None:
@@ -122,19 +147,90 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def disconnect(self) -> None:
-        """Drain what is in flight, end every subscription and close the connection."""
+        """Drain what is in flight, end every subscription and close. Twice is harmless."""
 
     @abc.abstractmethod
-    async def publish(self, topic: str, message: Message, **options: Any) -> None:
-        """Publish ``message`` on ``topic``.
+    async def send(self, topic: str, message: Message, **options: Any) -> None:
+        """Hand ``message`` to the transport: the transport's half of :meth:`publish`.
 
-        Raises :class:`NotConnected` before :meth:`connect` or after
-        :meth:`disconnect`, and :class:`InvalidTopic` for a topic the broker
-        cannot carry. Broker-specific ``options`` (a Kafka record key, an MQTT
-        QoS...) are documented by each broker.
+        The broker is connected, ``topic`` is a non-empty printable ``str``,
+        the headers passed :func:`~microbroker.transport.check_headers`, the
+        body is bytes-like and the message is within ``max_message_size``:
+        :meth:`publish` checked all that. Transport rules (a wildcard in a
+        published topic, a topic too long) and failures raise
+        :class:`~microbroker.PublishError`, :class:`~microbroker.InvalidTopic`
+        or :class:`~microbroker.NotConnected`.
         """
 
     @abc.abstractmethod
+    async def receive(
+        self,
+        topic: str,
+        deliver: Handler,
+        *,
+        queue: str | None,
+        auto_ack: bool,
+        **options: Any,
+    ) -> Subscriber:
+        """Start the transport's subscription: the transport's half of :meth:`subscribe`.
+
+        For each incoming message build a :class:`~microbroker.Delivery` and
+        ``await deliver(delivery)``: ``deliver`` runs the user's handler under
+        the contract (hooks, ``auto_ack``, errors reported, the retry policy,
+        giving up) and settles the delivery through its transport hooks.
+        Return once the subscription receives every message published
+        afterwards. ``options`` are the broker's own subscribe options
+        (document them); refuse unknown ones with ``TypeError``.
+        """
+
+    # What every broker does alike. ---------------------------------------------------
+
+    def publish(self, topic: str, message: Message, **options: Any) -> Awaitable[None]:
+        """Publish ``message`` on ``topic``: ``await broker.publish(topic, message)``.
+
+        Raises :class:`NotConnected` before :meth:`connect` or after
+        :meth:`disconnect`, :class:`InvalidTopic` for a topic the broker cannot
+        carry, :class:`InvalidHeader` for a header no transport can carry
+        safely, and :class:`MessageTooLarge` for a message over
+        ``capabilities.max_message_size``; these are raised by the call
+        itself, before anything is sent. Broker-specific ``options`` (a Kafka
+        record key, an MQTT QoS...) are documented by each broker.
+        """
+        if not self.connected:
+            raise NotConnected(
+                f"{self.name} broker is not connected: call connect() or use 'async with broker'"
+            )
+        if type(topic) is not str or not topic or not topic.isprintable():
+            check_topic(topic)
+        if type(message) is not Message and not isinstance(message, Message):
+            raise TypeError(
+                f"publish() takes a microbroker.Message, not {type(message).__name__}: "
+                "wrap the body as Message(body=..., headers={...})"
+            )
+        body: Any = message.body  # typed bytes, but a caller may pass anything
+        if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
+            raise TypeError(f"a message body is bytes, not {type(body).__name__}")
+        headers = message.headers
+        if headers:
+            check_headers(headers)
+        limit = self.capabilities.max_message_size
+        if limit is not None and (len(body) > limit - _SIZE_SLACK or len(headers) > _FEW_HEADERS):
+            size = len(body) + header_size(headers)
+            if size > limit:
+                raise MessageTooLarge(topic, size, limit, self.name)
+        hooks = _plugins.hooks
+        if hooks is None:
+            hooks = _plugins.event_hooks()
+        if hooks.publishes:
+            hooked = getattr(self, "_hooked", None)
+            if hooked is None or hooked[0] is not hooks:
+                hooked = self._hooked = (hooks, hooks.publisher(self, self.send))
+            hooked_publish: Awaitable[None] = hooked[1](topic, message, **options)
+            return hooked_publish
+        if options:
+            return self.send(topic, message, **options)
+        return self.send(topic, message)
+
     async def subscribe(
         self,
         topic: str,
@@ -142,14 +238,43 @@ class Broker(abc.ABC):
         *,
         queue: str | None = None,
         auto_ack: bool = True,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 1,
         **options: Any,
     ) -> Subscriber:
         """Call ``handler`` for every message on ``topic``.
 
         Subscriptions sharing a ``queue`` name form a group in which each
         message goes to one member only. With ``auto_ack`` the broker acks
-        after the handler returns; a handler that raises is always a nack.
+        after the handler returns. A handler that raises has failed an
+        attempt: the message is delivered again after the backoff of
+        ``retry`` (default :data:`~microbroker.DEFAULT_RETRY`: 5 attempts),
+        then given up: published on the dead-letter topic (``<topic>.dlq``)
+        and rejected, with a :class:`~microbroker.GivenUp` to the ``on_error``
+        hooks. ``max_concurrency`` above 1 runs up to that many handlers at
+        once, each in its own task (order is then not kept); the transport is
+        held back while all are busy. Broker-specific ``options`` are
+        documented by each broker.
         """
+        if not self.connected:
+            raise NotConnected(
+                f"{self.name} broker is not connected: call connect() or use 'async with broker'"
+            )
+        check_topic(topic)
+        if not callable(handler):
+            raise TypeError(f"a handler is an async function, not {type(handler).__name__}")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry= takes a microbroker.RetryPolicy, not {type(retry).__name__}")
+        hooks = _plugins.event_hooks()
+        if hooks.delivers:
+            handler = hooks.handler(self, topic, queue, handler)
+        contract = _Contract(self, retry or DEFAULT_RETRY, explicit=retry is not None)
+        deliver = dispatcher(handler, auto_ack, contract)
+        if max_concurrency > 1:
+            deliver = concurrently(deliver, max_concurrency)
+        return await self.receive(topic, deliver, queue=queue, auto_ack=auto_ack, **options)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -168,146 +293,3 @@ class Broker(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} address={self._address!r}>"
-
-    # Helpers for implementations. ------------------------------------------------
-
-    def _check_publish(self, topic: str, message: Message) -> None:
-        """Raise the standard errors for a publish that cannot proceed."""
-        if not self.connected:
-            raise NotConnected(
-                f"{self.name} broker is not connected: call connect() or use 'async with broker'"
-            )
-        check_topic(topic)
-        if type(message) is not Message and not isinstance(message, Message):
-            raise TypeError(
-                f"publish() takes a microbroker.Message, not {type(message).__name__}: "
-                "wrap the body as Message(body=..., headers={...})"
-            )
-        if message.headers:
-            check_headers(message.headers)
-        if not isinstance(message.body, bytes | bytearray | memoryview):
-            raise TypeError(f"a message body is bytes, not {type(message.body).__name__}")
-
-    def _check_subscribe(self, topic: str) -> None:
-        if not self.connected:
-            raise NotConnected(
-                f"{self.name} broker is not connected: call connect() or use 'async with broker'"
-            )
-        check_topic(topic)
-
-
-def check_topic(topic: str) -> None:
-    """Raise :class:`InvalidTopic` for a topic no broker can carry.
-
-    That is: not a str, empty, or holding control characters (which split or
-    end a topic on the wire of several transports). Each broker adds its own
-    rules (length, characters, wildcards).
-    """
-    if not topic or type(topic) is not str or not topic.isprintable():
-        if not isinstance(topic, str):
-            raise InvalidTopic(f"a topic is a str, not {type(topic).__name__}")
-        if not topic:
-            raise InvalidTopic("the topic is empty")
-        raise InvalidTopic(f"a topic cannot hold control characters: {topic!r}")
-
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
-# Header names repeat from message to message: each is checked once, then remembered.
-_valid_names: set[str] = set()
-_MAX_REMEMBERED = 4096
-
-
-def check_headers(headers: dict[str, str]) -> None:
-    """Raise :class:`InvalidHeader` for a header no transport can carry safely."""
-    for name, value in headers.items():
-        if name not in _valid_names:
-            _check_header_name(name)
-        # Printable text has no CR, LF or NUL and no lone surrogate: the common case, in one call.
-        if type(value) is not str or not value.isprintable():
-            _check_header_value(name, value)
-
-
-def header_pairs(headers: dict[str, str]) -> list[tuple[str, bytes]]:
-    """``headers`` checked as :func:`check_headers` checks them, as ``(name, UTF-8 value)`` pairs.
-
-    For transports whose header values are bytes (Kafka record headers): one
-    pass, rather than a check and then an encoding.
-    """
-    pairs: list[tuple[str, bytes]] = []
-    append = pairs.append
-    for name, value in headers.items():
-        if name not in _valid_names:
-            _check_header_name(name)
-        if type(value) is not str or not value.isprintable():
-            _check_header_value(name, value)
-        append((name, value.encode()))
-    return pairs
-
-
-def _check_header_name(name: str) -> None:
-    if type(name) is not str or not _HEADER_NAME(name):
-        raise InvalidHeader(
-            f"invalid header name {name!r}: use letters, digits and !#$%&'*+-.^_`|~"
-        )
-    if len(_valid_names) < _MAX_REMEMBERED:
-        _valid_names.add(name)
-
-
-def _check_header_value(name: str, value: str) -> None:
-    if type(value) is not str:
-        raise InvalidHeader(f"header {name!r} must be a str, not {type(value).__name__}")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise InvalidHeader(f"header {name!r} cannot hold CR, LF or NUL: {value!r}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidHeader(f"header {name!r} is not valid UTF-8 text: {exc}") from exc
-
-
-def dispatch(handler: Handler, delivery: Delivery, auto_ack: bool) -> Coroutine[Any, Any, None]:
-    """Run ``handler`` on ``delivery`` with the standard settlement rules: ``await dispatch(...)``.
-
-    Every broker calls this (or :func:`dispatcher`) for each delivery, so that
-    all behave alike: an exception is reported to the ``on_error`` hooks and
-    nacks the delivery; with ``auto_ack`` a handler that returns without
-    settling acks it.
-    """
-    return _dispatch(handler, auto_ack, delivery)
-
-
-def dispatcher(handler: Handler, auto_ack: bool) -> Handler:
-    """``handler`` under :func:`dispatch`'s rules, made once per subscription.
-
-    ``dispatcher(handler, auto_ack)(delivery)`` does what ``dispatch(handler,
-    delivery, auto_ack)`` does. A typed subscriber's handler settles its
-    deliveries itself, in the frame that decodes and calls: a broker that makes
-    its dispatcher once, when it subscribes, saves a coroutine per message.
-    """
-    # Looked up on the type: a mock (AsyncMock) handler answers any attribute asked of it.
-    settling = getattr(type(handler), "_microbroker_dispatcher", None)
-    if settling is not None:
-        made: Handler = settling(handler, auto_ack)
-        return made
-    return functools.partial(_dispatch, handler, auto_ack)
-
-
-async def _dispatch(handler: Handler, auto_ack: bool, delivery: Delivery) -> None:
-    try:
-        await handler(delivery)
-    except Exception as exc:
-        await settle_failure(exc, delivery)
-    else:
-        if auto_ack and delivery._state == 0:
-            if delivery.acks_locally:
-                delivery._state = 1
-            else:
-                await delivery.ack()
-
-
-async def settle_failure(exc: Exception, delivery: Delivery) -> None:
-    """What :func:`dispatch` does when a handler raises: report ``exc``, nack if unsettled."""
-    from ._registry import report_error
-
-    report_error(exc, delivery)
-    if not delivery.settled:
-        await delivery.nack()

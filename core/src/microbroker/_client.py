@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import codecs
-from ._broker import Broker, check_topic
+from ._broker import Broker
 from ._headers import CONTENT_TYPE, ID, RESERVED, TOPIC, new_message_id
 from ._message import Message
 from ._rpc_client import ClientRpc
+from ._topics import check_topic
 
 # Payload types whose default encoding one client keeps (see Client._encoding_of).
 _MAX_CACHED_TYPES = 256

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ._delivery import Delivery
 from ._headers import CONTENT_TYPE, ID, Metadata
-from ._message import Delivery
 
 
 class Context:

@@ -78,6 +78,64 @@ class PublishError(MicrobrokerError):
     """
 
 
+class MessageTooLarge(PublishError, ValueError):
+    """A message larger than the broker's ``capabilities.max_message_size``: refused by publish.
+
+    The size counted is the body plus every header's name and UTF-8 value.
+    Nothing was sent, and the broker stays connected.
+    """
+
+    def __init__(self, topic: str, size: int, limit: int, broker: str) -> None:
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the message on {topic!r} is {size} bytes (body and headers), more than the "
+            f"{broker} broker's max_message_size of {limit} bytes: send a smaller message"
+        )
+
+
+class GivenUp(MicrobrokerError):
+    """A message was given up: it is dead-lettered or rejected, and never delivered again.
+
+    Reported to the ``on_error`` hooks (with the delivery) when a message has
+    used up the attempts of its subscription's :class:`~microbroker.RetryPolicy`
+    or cannot be decoded. :attr:`dead_letter` is the topic it was published on,
+    or ``None`` when it was rejected without one (no dead-letter topic, or the
+    dead letter could not be published: :attr:`failure` says why).
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        attempts: int,
+        dead_letter: str | None,
+        cause: BaseException | None,
+        failure: BaseException | None = None,
+        intended: str | None = None,
+    ) -> None:
+        self.topic = topic
+        self.attempts = attempts
+        self.dead_letter = dead_letter
+        #: The error of the last attempt (``None`` when the handler nacked or rejected it).
+        self.cause = cause
+        #: Why the dead letter could not be published, when it could not.
+        self.failure = failure
+        why = f"{type(cause).__name__}: {cause}" if cause is not None else "nacked"
+        text = f"message on {topic!r} given up after {attempts} attempt(s) ({why})"
+        if dead_letter is not None:
+            text += f": dead-lettered to {dead_letter!r}"
+        elif failure is not None:
+            text += (
+                f": rejected, because its dead letter could not be published to "
+                f"{intended!r} ({type(failure).__name__}: {failure})"
+            )
+        else:
+            text += ": rejected (its retry policy names no dead-letter topic)"
+        super().__init__(text)
+
+
 class InvalidTopic(MicrobrokerError, ValueError):
     """The topic is not valid for this broker (empty, too long, bad characters)."""
 

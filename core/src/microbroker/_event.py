@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
-from ._broker import check_topic
 from ._client import Client
+from ._topics import check_topic
 
 
 class Event:

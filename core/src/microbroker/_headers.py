@@ -1,19 +1,41 @@
-"""go-micro's header names, and the case-insensitive metadata mapping built on them."""
+"""Header names, header checks and message ids: what every transport shares about headers.
+
+Names are spelled as go-micro's ``transport/headers/headers.go`` writes them
+(``Micro-ID``, ``Micro-Topic``...), so that messages look the same on the wire
+as go-micro's; they are read case-insensitively everywhere.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Final
 
-CONTENT_TYPE = "Content-Type"
-TOPIC = "Micro-Topic"
-ID = "Micro-Id"
-SERVICE = "Micro-Service"
-ENDPOINT = "Micro-Endpoint"
-ERROR = "Micro-Error"
+from ._errors import InvalidHeader
+
+CONTENT_TYPE: Final = "Content-Type"
+TOPIC: Final = "Micro-Topic"
+ID: Final = "Micro-ID"
+"""A unique id per published message (go-micro's ``headers.ID``)."""
+SERVICE: Final = "Micro-Service"
+ENDPOINT: Final = "Micro-Endpoint"
+ERROR: Final = "Micro-Error"
+"""Why a message failed: on an RPC error reply, and on a dead letter."""
+
+# What a dead letter carries besides the original's headers.
+ORIGINAL_TOPIC: Final = "Micro-Original-Topic"
+"""The topic the dead-lettered message was delivered on."""
+ORIGINAL_ID: Final = "Micro-Original-ID"
+"""The ``Micro-ID`` of the dead-lettered message (the dead letter has an id of its own)."""
+ERROR_TYPE: Final = "Micro-Error-Type"
+"""The qualified name of the exception that made the last attempt fail."""
+ATTEMPTS: Final = "Micro-Attempts"
+"""How many deliveries the dead-lettered message had."""
 
 RESERVED = frozenset(name.casefold() for name in (CONTENT_TYPE, TOPIC, ID))
+"""Header names the Client sets itself: metadata cannot override them."""
 
 # Unique message ids without a uuid4 per message: a random per-process prefix
 # and a counter. Unique across processes with overwhelming probability.
@@ -24,10 +46,9 @@ _counter: itertools.count[int]
 def _draw_prefix() -> None:
     """A new prefix and counter: at import, and again in every forked child.
 
-    A child must not repeat its parent's ids. JetStream deduplicates by Micro-Id
-    (the default ``msg_id``): a worker forked by multiprocessing (the default
-    start method on Linux) that repeated its parent's ids would have its
-    messages dropped as duplicates.
+    A child must not repeat its parent's ids. JetStream deduplicates by message
+    id: a worker forked by multiprocessing (the default start method on Linux)
+    that repeated its parent's ids would have its messages dropped as duplicates.
     """
     global _PREFIX, _counter
     _PREFIX = os.urandom(8).hex() + "-"
@@ -40,8 +61,86 @@ if hasattr(os, "register_at_fork"):
 
 
 def new_message_id() -> str:
-    """A new unique message id, for the ``Micro-Id`` header: ``<16 hex digits>-<decimal>``."""
+    """A new unique message id, for the ``Micro-ID`` header: ``<16 hex digits>-<decimal>``."""
     return _PREFIX + str(next(_counter))
+
+
+def normalize_content_type(content_type: str) -> str:
+    """``"Application/JSON; charset=utf-8"`` -> ``"application/json"``."""
+    return content_type.partition(";")[0].strip().lower()
+
+
+# Checks ----------------------------------------------------------------------------
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+# Header names repeat from message to message: each is checked once, then remembered.
+_valid_names: set[str] = set()
+_MAX_REMEMBERED = 4096
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Raise :class:`~microbroker.InvalidHeader` for a header no transport can carry safely.
+
+    Names are HTTP tokens (letters, digits and ``!#$%&'*+-.^_`|~``); values are
+    ``str`` without CR, LF or NUL, encodable as UTF-8. Both rules keep a header
+    from being split in two on the wire (header injection). ``Broker.publish``
+    applies this to every message, on every broker, before the transport sees it.
+    """
+    for name, value in headers.items():
+        if name not in _valid_names:
+            _check_name(name)
+        # Printable text has no CR, LF or NUL and no lone surrogate: the common case, in one call.
+        if type(value) is not str or not value.isprintable():
+            _check_value(name, value)
+
+
+def header_pairs(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
+    """``headers`` as ``(name, UTF-8 value)`` pairs, for transports whose values are bytes.
+
+    The headers of a published message have passed :func:`check_headers`
+    already; this only encodes them.
+    """
+    return [(name, value.encode()) for name, value in headers.items()]
+
+
+def header_size(headers: Mapping[str, str]) -> int:
+    """The bytes ``headers`` count against a broker's ``max_message_size``.
+
+    Each header counts its name and its UTF-8 value; framing (separators, a
+    header block's preamble) is the transport's to allow for in what it declares.
+    """
+    return sum(len(name) + len(value.encode()) for name, value in headers.items())
+
+
+def _check_name(name: str) -> None:
+    if type(name) is not str or not _HEADER_NAME(name):
+        raise InvalidHeader(
+            f"invalid header name {name!r}: use letters, digits and !#$%&'*+-.^_`|~"
+        )
+    if len(_valid_names) < _MAX_REMEMBERED:
+        _valid_names.add(name)
+
+
+def _check_value(name: str, value: object) -> None:
+    if type(value) is not str:
+        raise InvalidHeader(f"header {name!r} must be a str, not {type(value).__name__}")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise InvalidHeader(f"header {name!r} cannot hold CR, LF or NUL: {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidHeader(f"header {name!r} is not valid UTF-8 text: {exc}") from exc
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """``text`` as one header-safe line of at most ``limit`` characters."""
+    text = " ".join(text.split())
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Metadata --------------------------------------------------------------------------
 
 
 class Metadata(MutableMapping[str, str]):

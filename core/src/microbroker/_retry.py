@@ -1,46 +1,73 @@
-"""Retries and dead letters for a subscription.
+"""The redelivery policy every subscription has: one backoff formula, one give-up rule.
 
-A :class:`RetryPolicy` turns a failing handler into a bounded number of
-attempts with backoff, then a dead letter: the original message, with its
-headers, published on the dead-letter topic (``<topic>.dlq`` by default) with
-the error and the number of attempts added. Nothing is dropped silently.
-
-On a broker with acknowledgement (``capabilities.ack``) a failed attempt is a
-``nack(delay=backoff)``: the broker redelivers, so the retries survive a crash
-of the subscriber. On a broker without it, the attempts are made in-process
-(a crash of the subscriber loses them: the documented price of at-most-once).
+A :class:`RetryPolicy` says how often a failing message is delivered again and
+how long to wait in between; when the attempts are used up the message is
+*given up*: published whole on the dead-letter topic (``<topic>.dlq`` by
+default) with why and after how many attempts, and rejected on the transport
+so that it is never delivered again. Every subscription has a policy, the
+default one (:data:`DEFAULT_RETRY`) unless it names its own: a poison message
+never loops for ever.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from ._broker import Broker, Handler
-from ._errors import DecodeError
-from ._message import Delivery, Message
+from ._headers import (
+    ATTEMPTS,
+    ERROR,
+    ERROR_TYPE,
+    ID,
+    ORIGINAL_ID,
+    ORIGINAL_TOPIC,
+    new_message_id,
+    one_line,
+)
+from ._message import Message
 
-#: The headers a dead letter carries besides the original ones.
-ORIGINAL_TOPIC: Final = "Micro-Original-Topic"
-ERROR: Final = "Micro-Error"
-ERROR_TYPE: Final = "Micro-Error-Type"
-ATTEMPTS: Final = "Micro-Attempts"
+if TYPE_CHECKING:
+    from ._delivery import Delivery
 
 _DEFAULT_DLQ: Final = "<topic>.dlq"
 
 
+def backoff(attempt: int, base: float, multiplier: float = 2.0, cap: float = 30.0) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based).
+
+    ``base * multiplier ** (attempt - 1)``, at most ``cap``.
+
+    The one backoff formula of the core and of every transport: redeliveries,
+    reconnects and retried deliveries all wait by it.
+    """
+    if attempt < 1:
+        attempt = 1
+    try:
+        delay = base * multiplier ** (attempt - 1)
+    except OverflowError:
+        return cap
+    return delay if delay < cap else cap
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often, and how patiently, a failing message is retried before it is dead-lettered.
+    """How often, and how patiently, a failing message is delivered again before it is given up.
 
     :param max_attempts: deliveries in all, the first included (1 = no retry).
     :param backoff: seconds before the second attempt.
-    :param multiplier: the backoff grows by this factor with each attempt.
-    :param max_backoff: the cap on the backoff.
+    :param multiplier: the wait grows by this factor with each attempt.
+    :param max_backoff: the cap on the wait.
     :param dead_letter: the dead-letter topic; ``"<topic>"`` in it stands for the
-        subscription's topic (default ``"<topic>.dlq"``). ``None`` gives up without
-        a dead letter: the error still reaches the ``on_error`` hooks.
+        topic the message was delivered on (default ``"<topic>.dlq"``). ``None``
+        gives up without a dead letter: the message is rejected, and the
+        ``on_error`` hooks still hear of it.
+
+    On a broker with acknowledgement (``capabilities.ack``) a failed attempt is
+    a ``nack`` with the backoff as its delay: the broker redelivers, so the
+    retries survive a crash of the subscriber. On a broker without it, the
+    attempts of a subscription that names its own policy are made in-process
+    (a crash of the subscriber loses them: the documented price of at most
+    once), and the default policy gives up at the first failure.
     """
 
     max_attempts: int = 5
@@ -57,79 +84,43 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        delay: float = self.backoff * self.multiplier ** (attempt - 1)
-        return min(delay, self.max_backoff)
+        return backoff(attempt, self.backoff, self.multiplier, self.max_backoff)
 
     def dead_letter_topic(self, topic: str) -> str | None:
+        """The dead-letter topic for a message delivered on ``topic`` (``None``: no dead letter)."""
         if self.dead_letter is None:
             return None
         return self.dead_letter.replace("<topic>", topic)
 
 
-def dead_letter_message(delivery: Delivery, error: BaseException) -> Message:
-    """The dead letter for ``delivery``: its body and headers, plus why and after how many tries."""
-    headers = dict(delivery.message.headers)
+DEFAULT_RETRY: Final = RetryPolicy()
+"""The policy of a subscription that names none: 5 deliveries, then ``<topic>.dlq``."""
+
+
+def dead_letter_message(delivery: Delivery, error: BaseException | None) -> Message:
+    """The dead letter of ``delivery``: its body and headers, plus why and after how many tries.
+
+    It has a ``Micro-ID`` of its own (a broker that de-duplicates by id, as
+    JetStream does, would otherwise take it for the original and drop it); the
+    original's id travels in ``Micro-Original-ID``.
+    """
+    original = delivery.message
+    headers: dict[str, str] = {}
+    original_id = None
+    folded_id = ID.casefold()
+    for name, value in original.headers.items():
+        if name.casefold() == folded_id:
+            original_id = value
+        else:
+            headers[name] = value
+    headers[ID] = new_message_id()
+    if original_id is not None:
+        headers[ORIGINAL_ID] = original_id
     headers[ORIGINAL_TOPIC] = delivery.topic
-    headers[ERROR] = _one_line(str(error) or type(error).__name__)
-    headers[ERROR_TYPE] = f"{type(error).__module__}.{type(error).__qualname__}"
+    if error is not None:
+        headers[ERROR] = one_line(str(error) or type(error).__name__)
+        headers[ERROR_TYPE] = f"{type(error).__module__}.{type(error).__qualname__}"
+    else:
+        headers[ERROR] = "rejected"
     headers[ATTEMPTS] = str(delivery.attempt)
-    return Message(delivery.message.body, headers)
-
-
-async def give_up(
-    broker: Broker, policy: RetryPolicy, delivery: Delivery, error: BaseException
-) -> None:
-    """Dead-letter ``delivery`` (when the policy names a topic) and ack it.
-
-    The ack comes only after the dead letter was published: if publishing
-    fails, the delivery is nacked instead, so the message is never lost.
-    """
-    from ._registry import report_error
-
-    topic = policy.dead_letter_topic(delivery.topic)
-    if topic is not None:
-        try:
-            await broker.publish(topic, dead_letter_message(delivery, error))
-        except Exception as exc:
-            report_error(exc, delivery)
-            await delivery.nack(delay=policy.max_backoff)
-            return
-    await delivery.ack()
-
-
-def retrying(handler: Handler, broker: Broker, policy: RetryPolicy) -> Handler:
-    """Wrap ``handler`` so that its failures follow ``policy``.
-
-    A :class:`~microbroker.DecodeError` is dead-lettered at once: decoding the
-    same bytes again cannot succeed.
-    """
-    from ._registry import report_error
-
-    redelivers = broker.capabilities.ack
-
-    async def retry_handler(delivery: Delivery) -> None:
-        while True:
-            try:
-                await handler(delivery)
-                return
-            except Exception as exc:
-                if delivery.settled:  # the handler settled it itself: its decision stands
-                    raise
-                report_error(exc, delivery)
-                permanent = isinstance(exc, DecodeError)
-                if permanent or delivery.attempt >= policy.max_attempts:
-                    await give_up(broker, policy, delivery, exc)
-                    return
-                if redelivers:
-                    await delivery.nack(delay=policy.delay(delivery.attempt))
-                    return
-                # No redelivery from this broker: retry here, counting the attempts ourselves.
-                await asyncio.sleep(policy.delay(delivery.attempt))
-                delivery.attempt += 1
-
-    return retry_handler
-
-
-def _one_line(text: str, limit: int = 1000) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return Message(original.body, headers)

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ._broker import Subscriber
+from ._delivery import Delivery
 from ._errors import RpcError, RpcTimeout
 from ._headers import CONTENT_TYPE, ENDPOINT, ERROR, ID, SERVICE
-from ._message import Delivery, Message
+from ._message import Message
 
 METHOD = "Micro-Method"
 STREAM = "Micro-Stream"

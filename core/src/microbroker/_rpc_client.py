@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import codecs
 from ._broker import Broker, Subscriber
+from ._delivery import Delivery
 from ._errors import DecodeError, MicrobrokerError, PublishError, RpcError, RpcTimeout
 from ._headers import CONTENT_TYPE, ENDPOINT, ERROR, ID, SERVICE, new_message_id
-from ._message import Delivery, Message
+from ._message import Message
 from ._rpc import (
     CLIENT_ID,
     CREDIT,

@@ -15,10 +15,11 @@ from typing import Any
 from . import codecs
 from ._broker import Broker, Subscriber
 from ._context import Context
+from ._delivery import Delivery
 from ._errors import DecodeError, MicrobrokerError, RpcError
 from ._headers import CONTENT_TYPE, ENDPOINT, ERROR, ID
-from ._message import Delivery, Message
-from ._registry import report_error
+from ._message import Message
+from ._plugins import report_error
 from ._rpc import (
     CANCEL,
     CREDIT,

@@ -13,13 +13,16 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from . import codecs
-from ._broker import Broker, Handler, Subscriber, check_topic, dispatcher, settle_failure
+from ._broker import Broker, Handler, Subscriber
 from ._context import Context
+from ._delivery import Delivery, _Contract
+from ._dispatch import settle_failure
 from ._errors import DecodeError, MicrobrokerError
-from ._message import Delivery, Message
-from ._registry import report_error
-from ._retry import RetryPolicy, retrying
+from ._message import Message
+from ._plugins import report_error
+from ._retry import RetryPolicy
 from ._rpc_server import ServerRpc
+from ._topics import check_topic
 
 SubscriberFunc = Callable[..., Awaitable[None]]
 
@@ -36,10 +39,12 @@ else:  # pragma: no cover - C code from 3.12 on
     _task_of = current_task
 
 
-class Subscription:
+class SubscriberSpec:
     """A typed subscriber not yet bound to a broker: go-micro's ``server.Subscriber``.
 
-    Made by :meth:`Server.new_subscriber`; handed to :meth:`Server.subscribe`.
+    Made by :meth:`Server.new_subscriber`; handed to :meth:`Server.subscribe`,
+    which binds it to the broker when the server starts (the live,
+    broker-level subscription is a :class:`~microbroker.Subscriber`).
     """
 
     def __init__(
@@ -64,7 +69,8 @@ class Subscription:
         self.handler = handler
         self.queue = queue
         self.auto_ack = auto_ack
-        #: Retries with backoff, then a dead letter; ``None`` leaves failures to the broker.
+        #: Retries with backoff, then a dead letter; ``None`` is the default policy
+        #: (:data:`~microbroker.DEFAULT_RETRY`).
         self.retry = retry
         #: Handlers running at once for this subscription; above 1, order is not kept.
         self.max_concurrency = max_concurrency
@@ -73,7 +79,7 @@ class Subscription:
 
     def __repr__(self) -> str:
         name = getattr(self.handler, "__qualname__", repr(self.handler))
-        return f"<Subscription {self.topic!r} -> {name} queue={self.queue!r}>"
+        return f"<SubscriberSpec {self.topic!r} -> {name} queue={self.queue!r}>"
 
 
 def _signature(handler: SubscriberFunc) -> tuple[Any, bool]:
@@ -126,13 +132,12 @@ class _TypedHandler:
         "_in_flight",
         "_into",
         "_loop",
-        "_raise_decode_errors",
         "_raw",
         "_takes_ctx",
         "_topic",
     )
 
-    def __init__(self, subscription: Subscription, in_flight: _InFlight) -> None:
+    def __init__(self, subscription: SubscriberSpec, in_flight: _InFlight) -> None:
         self._in_flight = in_flight
         # Made in the loop that will run its deliveries: the broker's, bound to this one.
         self._loop = asyncio.get_running_loop()
@@ -143,23 +148,25 @@ class _TypedHandler:
         self._raw = self._into in (Delivery, Message)
         # Content type (as sent) -> a function from body to value.
         self._decoders: dict[str, Callable[[bytes], Any]] = {}
-        # Under a retry policy the policy decides (dead letter); otherwise nack here.
-        self._raise_decode_errors = subscription.retry is not None
 
     def __call__(self, delivery: Delivery) -> Coroutine[Any, Any, None]:
-        """Decode and call; an exception goes to the caller (a retry policy, a runner)."""
-        return self._handle(None, delivery)
+        """Decode and call; an exception (a :class:`DecodeError` too) goes to the caller."""
+        return self._handle(None, None, delivery)
 
-    def _microbroker_dispatcher(self, auto_ack: bool) -> Handler:
-        """This handler settling deliveries as :func:`dispatch` would (see :func:`dispatcher`)."""
-        return functools.partial(self._handle, auto_ack)
+    def _microbroker_dispatcher(self, auto_ack: bool, contract: _Contract) -> Handler:
+        """This handler settling deliveries as the dispatcher would, in its own frame."""
+        return functools.partial(self._handle, auto_ack, contract)
 
-    async def _handle(self, auto_ack: bool | None, delivery: Delivery) -> None:
+    async def _handle(
+        self, auto_ack: bool | None, contract: _Contract | None, delivery: Delivery
+    ) -> None:
         """Decode ``delivery``, call the subscriber and, unless ``auto_ack`` is None, settle."""
+        if contract is not None:
+            delivery._contract = contract
         in_flight = self._in_flight
         if in_flight.closing:
             # The server is stopping: leave the message to the broker to deliver again.
-            await delivery.nack()
+            await delivery.release()
             return
         running = in_flight.running
         running[delivery] = _task_of(self._loop)
@@ -175,8 +182,13 @@ class _TypedHandler:
                             decode = self._decoder(content_type)
                         value = decode(delivery.body)
                     except Exception as exc:
-                        await self._undecodable(delivery, content_type, exc)
-                        return
+                        # The handler never sees an undecodable body: it is given up at once.
+                        raise DecodeError(
+                            topic=delivery.topic,
+                            content_type=content_type,
+                            expected=self._into,
+                            cause=exc,
+                        ) from exc
                 if self._takes_ctx:
                     await self._fn(value, Context(delivery))
                 else:
@@ -186,7 +198,7 @@ class _TypedHandler:
                     raise
                 await settle_failure(exc, delivery)
             else:
-                # dispatch()'s rules, in this frame (the delivery is still running meanwhile).
+                # The dispatcher's rules, in this frame (the delivery is still running meanwhile).
                 if auto_ack and delivery._state == 0:
                     if delivery.acks_locally:
                         delivery._state = 1
@@ -196,19 +208,6 @@ class _TypedHandler:
             del running[delivery]
             if not running and in_flight.idle is not None:
                 in_flight.drained()
-
-    async def _undecodable(
-        self, delivery: Delivery, content_type: str | None, exc: Exception
-    ) -> None:
-        error = DecodeError(
-            topic=delivery.topic, content_type=content_type, expected=self._into, cause=exc
-        )
-        error.__cause__ = exc
-        if self._raise_decode_errors:
-            raise error from exc
-        # The handler never sees an undecodable body; the message is nacked, not lost.
-        report_error(error, delivery)
-        await delivery.nack()
 
     def _decoder(self, content_type: str | None) -> Callable[[bytes], Any]:
         into = self._into
@@ -228,31 +227,6 @@ class _TypedHandler:
         return decode
 
 
-def _concurrently(handler: Handler, limit: int, auto_ack: bool) -> Handler:
-    """Run up to ``limit`` calls of ``handler`` at once, each in its own task.
-
-    The returned handler waits for a free slot before it hands a delivery over,
-    which holds the broker back: in-flight messages never exceed ``limit``.
-    """
-    slots = asyncio.Semaphore(limit)
-    tasks: set[asyncio.Task[None]] = set()
-    settled = dispatcher(handler, auto_ack)
-
-    async def run(delivery: Delivery) -> None:
-        try:
-            await settled(delivery)
-        finally:
-            slots.release()
-
-    async def hand_off(delivery: Delivery) -> None:
-        await slots.acquire()
-        task = asyncio.get_running_loop().create_task(run(delivery))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    return hand_off
-
-
 class Server(ServerRpc):
     """Hosts typed subscribers on a broker: go-micro's ``server.Server``.
 
@@ -265,8 +239,8 @@ class Server(ServerRpc):
     def __init__(self, service: str, broker: Broker) -> None:
         self.service = service
         self.broker = broker
-        self._subscriptions: list[Subscription] = []
-        self._live: dict[Subscription, Subscriber] = {}
+        self._subscriptions: list[SubscriberSpec] = []
+        self._live: dict[SubscriberSpec, Subscriber] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._in_flight = _InFlight()
         self._started = False
@@ -276,7 +250,8 @@ class Server(ServerRpc):
         return self._started
 
     @property
-    def subscriptions(self) -> tuple[Subscription, ...]:
+    def subscribers(self) -> tuple[SubscriberSpec, ...]:
+        """The typed subscribers registered on this server, in registration order."""
         return tuple(self._subscriptions)
 
     def new_subscriber(
@@ -289,7 +264,7 @@ class Server(ServerRpc):
         retry: RetryPolicy | None = None,
         max_concurrency: int = 1,
         **options: Any,
-    ) -> Subscription:
+    ) -> SubscriberSpec:
         """Describe a typed subscriber: ``handler(message[, ctx])``, typed by its annotation.
 
         ``retry`` retries a failing handler with backoff and then dead-letters the
@@ -298,7 +273,7 @@ class Server(ServerRpc):
         more until one finishes, so a slow handler holds back delivery instead
         of letting messages pile up in memory. Other ``options`` go to the broker.
         """
-        return Subscription(
+        return SubscriberSpec(
             topic,
             handler,
             queue=queue,
@@ -308,7 +283,7 @@ class Server(ServerRpc):
             options=options,
         )
 
-    def subscribe(self, subscription: Subscription) -> None:
+    def subscribe(self, subscription: SubscriberSpec) -> None:
         """Register ``subscription``; it receives messages once the server is started.
 
         On a server already started the subscription is made in the
@@ -337,22 +312,18 @@ class Server(ServerRpc):
             await self.stop()
             raise
 
-    async def _bind(self, subscription: Subscription) -> None:
+    async def _bind(self, subscription: SubscriberSpec) -> None:
         handler: Handler = _TypedHandler(subscription, self._in_flight)
-        if subscription.retry is not None:
-            handler = retrying(handler, self.broker, subscription.retry)
-        auto_ack = subscription.auto_ack
+        options = dict(subscription.options)
         if subscription.max_concurrency > 1:
-            # The handlers run in tasks of their own and settle there: the broker must not ack
-            # when the hand-off returns.
-            handler = _concurrently(handler, subscription.max_concurrency, auto_ack)
-            auto_ack = False
+            options["max_concurrency"] = subscription.max_concurrency
         self._live[subscription] = await self.broker.subscribe(
             subscription.topic,
             handler,
             queue=subscription.queue,
-            auto_ack=auto_ack,
-            **subscription.options,
+            auto_ack=subscription.auto_ack,
+            retry=subscription.retry,
+            **options,
         )
 
     @property
@@ -392,7 +363,7 @@ class Server(ServerRpc):
         for delivery, task in list(in_flight.running.items()):
             if task is current:
                 continue
-            await delivery.nack()
+            await delivery.release()
             if task is not None:
                 task.cancel()
 
@@ -411,7 +382,7 @@ def _report_bind_failure(task: asyncio.Task[None]) -> None:
 
 def register_subscriber(
     topic: str, server: Server, handler: SubscriberFunc, **options: Any
-) -> Subscription:
+) -> SubscriberSpec:
     """go-micro's ``RegisterSubscriber``.
 
     Sugar for ``server.subscribe(server.new_subscriber(topic, handler, **options))``.

@@ -12,9 +12,9 @@ from typing import Any, Self, TypeVar
 from ._broker import Broker
 from ._client import Client
 from ._event import Event
-from ._registry import create, get_broker
 from ._retry import RetryPolicy
 from ._rpc_server import RpcHandler
+from ._selection import create, get_broker
 from ._server import Server, SubscriberFunc
 
 F = TypeVar("F", bound=SubscriberFunc)

@@ -18,6 +18,25 @@ from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
 from ._errors import EncodeError, PluginNotFound
+from ._headers import normalize_content_type
+from ._plugins import registry
+
+__all__ = [
+    "JSON",
+    "OCTET_STREAM",
+    "PROTOBUF",
+    "TEXT",
+    "Codec",
+    "JsonCodec",
+    "ProtobufCodec",
+    "RawCodec",
+    "TextCodec",
+    "content_type_for",
+    "content_type_for_type",
+    "get_codec",
+    "is_protobuf_type",
+    "normalize_content_type",
+]
 
 PROTOBUF = "application/protobuf"
 JSON = "application/json"
@@ -43,11 +62,6 @@ class Codec(Protocol):
         :class:`~microbroker.DecodeError` with the topic and content type.
         """
         ...
-
-
-def normalize_content_type(content_type: str) -> str:
-    """``"Application/JSON; charset=utf-8"`` -> ``"application/json"``."""
-    return content_type.partition(";")[0].strip().lower()
 
 
 def is_protobuf_type(into: Any) -> bool:
@@ -151,8 +165,6 @@ class TextCodec:
 
 def get_codec(content_type: str) -> Codec:
     """Return the codec registered for ``content_type`` (parameters and case ignored)."""
-    from ._registry import registry
-
     table = registry().table("codec")
     info = table.get(normalize_content_type(content_type))
     if info is None:

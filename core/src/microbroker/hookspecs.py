@@ -19,7 +19,8 @@ from ._markers import hookspec
 
 if TYPE_CHECKING:
     from ._broker import Broker, Handler
-    from ._message import Delivery, Message
+    from ._delivery import Delivery
+    from ._message import Message
     from .codecs import Codec
 
     PublishFn = Callable[..., Any]

@@ -13,11 +13,15 @@ Semantics:
   messages to the others, and a group left empty keeps them for the next member;
 - each subscription has one worker: order per topic is kept for a subscriber;
 - ``nack()`` and handler exceptions redeliver the message (to the same
-  subscription, or to a member of the same group) after an exponential backoff;
-- a subscription holds at most ``max_pending`` undelivered messages; a
+  subscription, or to a member of the same group) after the backoff of the
+  subscription's retry policy, which also decides when it is given up;
+- a subscription holds at most ``max_pending`` undelivered messages
+  (a :class:`~microbroker.transport.Mailbox` with ``Overflow.BLOCK``): a
   publish to a full one waits for room, up to ``publish_timeout`` seconds,
   then raises :class:`~microbroker.PublishError`: memory never grows without
   bound and nothing is dropped silently;
+- ``max_message_size`` (default none) limits the messages it carries, for
+  tests of code that must live with a small limit;
 - topics may use NATS-style wildcards in subscriptions: ``.`` separates
   levels, ``*`` matches one level, ``>`` the rest.
 """
@@ -26,15 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from typing import Any
 
-from .._broker import Broker, Capabilities, Handler, Subscriber, Wildcards, dispatcher
-from .._errors import InvalidTopic, PublishError
-from .._message import Delivery, Message
+from .._broker import Broker, Capabilities, Handler, Subscriber
+from .._delivery import Delivery
+from .._errors import InvalidTopic, NotConnected
+from .._mailbox import Mailbox, Overflow
+from .._message import Message
+from .._topics import Wildcards
 
 _WILDCARDS = Wildcards(separator=".", one="*", many=">")
-_YIELD_EVERY = 256
+
+# (topic, body, headers, attempt): the topic differs from the subscription's for a pattern.
+_Item = tuple[str, bytes, dict[str, str], int]
 
 
 class MemoryBroker(Broker):
@@ -59,9 +69,7 @@ class MemoryBroker(Broker):
         *,
         max_pending: int = 10_000,
         publish_timeout: float = 30.0,
-        redelivery_delay: float = 0.005,
-        max_redelivery_delay: float = 1.0,
-        max_deliver: int | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         """Create a memory broker.
 
@@ -71,28 +79,25 @@ class MemoryBroker(Broker):
             a publish to it waits.
         :param publish_timeout: seconds a publish waits for room before it
             raises :class:`~microbroker.PublishError`.
-        :param redelivery_delay: seconds before the first redelivery of a
-            nacked message; it doubles with each attempt.
-        :param max_redelivery_delay: the cap on that backoff.
-        :param max_deliver: the number of deliveries after which a message that
-            is still nacked is given up (reported to the ``on_error`` hooks);
-            ``None`` redelivers without limit.
+        :param max_message_size: the largest message (body and headers, in
+            bytes) it carries; ``None`` for no limit but memory's.
         """
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        if max_message_size is not None and max_message_size < 1:
+            raise ValueError("max_message_size must be at least 1 (or None)")
         super().__init__(
             address,
             max_pending=max_pending,
             publish_timeout=publish_timeout,
-            redelivery_delay=redelivery_delay,
-            max_redelivery_delay=max_redelivery_delay,
-            max_deliver=max_deliver,
+            max_message_size=max_message_size,
         )
         self.max_pending = max_pending
         self.publish_timeout = publish_timeout
-        self.redelivery_delay = redelivery_delay
-        self.max_redelivery_delay = max_redelivery_delay
-        self.max_deliver = max_deliver
+        if max_message_size is not None:
+            self.capabilities = dataclasses.replace(
+                self.capabilities, max_message_size=max_message_size
+            )
         self._bus: _Bus | None = None
         self._subs: set[_MemorySubscriber] = set()
 
@@ -111,10 +116,12 @@ class MemoryBroker(Broker):
         await asyncio.gather(*(sub.unsubscribe() for sub in subs))
         self._bus = None
 
-    async def publish(self, topic: str, message: Message, **options: Any) -> None:
-        self._check_publish(topic, message)
+    async def send(self, topic: str, message: Message, **options: Any) -> None:
+        if options:
+            raise TypeError(f"memory broker publish() takes no option(s) {', '.join(options)}")
         bus = self._bus
-        assert bus is not None
+        if bus is None:  # disconnected before this publish got its turn
+            raise NotConnected("memory broker is not connected")
         if "*" in topic or ">" in topic:
             _check_literal(topic)
         body = message.body
@@ -122,22 +129,21 @@ class MemoryBroker(Broker):
             body = bytes(body)
         exact = bus.exact.get(topic)
         if exact is not None:
-            await exact.deliver(self, topic, body, message.headers)
+            await exact.deliver(topic, body, message.headers)
         if bus.patterns:
             for pattern, node in list(bus.patterns.items()):
                 if _matches(pattern, topic):
-                    await node.deliver(self, topic, body, message.headers)
+                    await node.deliver(topic, body, message.headers)
 
-    async def subscribe(
+    async def receive(
         self,
         topic: str,
-        handler: Handler,
+        deliver: Handler,
         *,
-        queue: str | None = None,
-        auto_ack: bool = True,
+        queue: str | None,
+        auto_ack: bool,
         **options: Any,
     ) -> Subscriber:
-        self._check_subscribe(topic)
         if options:
             raise TypeError(f"memory broker subscribe() takes no option(s) {', '.join(options)}")
         bus = self._bus
@@ -147,14 +153,10 @@ class MemoryBroker(Broker):
         node = table.get(topic)
         if node is None:
             node = table[topic] = _TopicNode()
-        sub = _MemorySubscriber(self, node, topic, handler, queue, auto_ack)
+        sub = _MemorySubscriber(self, node, topic, deliver, queue, auto_ack)
         node.add(sub)
         self._subs.add(sub)
         return sub
-
-    def _backoff(self, attempt: int) -> float:
-        delay: float = self.redelivery_delay * 2.0 ** (attempt - 1)
-        return min(delay, self.max_redelivery_delay)
 
 
 class _Bus:
@@ -190,7 +192,7 @@ class _Group:
         self.members: list[_MemorySubscriber] = []
         self.next = 0
         # Messages of a group that has no member at the moment, for the next one to join.
-        self.backlog: deque[tuple[str, bytes, dict[str, str], int]] = deque()
+        self.backlog: deque[_Item] = deque()
 
     def pick(self) -> _MemorySubscriber | None:
         members = self.members
@@ -199,6 +201,14 @@ class _Group:
         index = self.next % len(members)
         self.next = index + 1
         return members[index]
+
+    def hand(self, item: _Item) -> None:
+        """Give an accepted message to a member now, or keep it for the next one to join."""
+        member = self.pick()
+        if member is None:
+            self.backlog.append(item)
+        else:
+            member.push(item)
 
 
 class _TopicNode:
@@ -223,23 +233,17 @@ class _TopicNode:
             self.groups = {**self.groups, sub.queue: group}
         group.members.append(sub)
         while group.backlog:
-            sub.push(*group.backlog.popleft())
+            sub.push(group.backlog.popleft())
 
-    async def deliver(
-        self,
-        broker: MemoryBroker,
-        topic: str,
-        body: bytes,
-        headers: dict[str, str],
-    ) -> None:
+    async def deliver(self, topic: str, body: bytes, headers: dict[str, str]) -> None:
         for sub in self.broadcast:
-            await sub.offer(broker, topic, body, headers)
+            await sub.offer((topic, body, dict(headers), 1))
         for group in self.groups.values():
             member = group.pick()
             if member is None:
                 group.backlog.append((topic, body, dict(headers), 1))
             else:
-                await member.offer(broker, topic, body, headers)
+                await member.offer((topic, body, dict(headers), 1))
 
 
 class _MemoryDelivery(Delivery):
@@ -248,10 +252,10 @@ class _MemoryDelivery(Delivery):
     acks_locally = True  # an ack only ends the delivery; a nack redelivers
 
     def __init__(self, sub: _MemorySubscriber, topic: str, message: Message, attempt: int) -> None:
-        Delivery.__init__(self, topic, message, queue=sub.queue, attempt=attempt)
+        super().__init__(topic, message, queue=sub.queue, attempt=attempt)
         self._sub = sub
 
-    async def _settle_nack(self, delay: float | None) -> None:
+    async def on_nack(self, delay: float) -> None:
         self._sub.redeliver(self, delay)
 
 
@@ -261,141 +265,64 @@ class _MemorySubscriber(Subscriber):
         broker: MemoryBroker,
         node: _TopicNode,
         topic: str,
-        handler: Handler,
+        deliver: Handler,
         queue: str | None,
         auto_ack: bool,
     ) -> None:
         super().__init__(topic, queue, auto_ack)
         self._broker = broker
         self._node = node
-        self._handler = handler
+        self._deliver = deliver
         self._active = True
-        # (topic, body, headers, attempt): the topic differs from the subscription's for a pattern.
-        self._inbox: deque[tuple[str, bytes, dict[str, str], int]] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._space: list[asyncio.Future[None]] = []
-        self._handling = False
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"microbroker-memory-{topic}"
+        self._mailbox: Mailbox[_Item] = Mailbox(
+            self._handle,
+            capacity=broker.max_pending,
+            overflow=Overflow.BLOCK,
+            put_timeout=broker.publish_timeout,
+            name=f"memory subscription to {topic!r}",
         )
 
     @property
     def active(self) -> bool:
         return self._active
 
-    async def offer(
-        self, broker: MemoryBroker, topic: str, body: bytes, headers: dict[str, str]
-    ) -> None:
-        """Queue a new message, waiting for room when the inbox is full (backpressure)."""
-        if len(self._inbox) >= self._broker.max_pending:
-            await self._wait_for_room(broker.publish_timeout)
-            if not self._active:
-                # It left while the publish waited: a group's message goes to the rest of
-                # the group (or its backlog); a broadcast subscription that left needs none.
-                group = self._node.groups.get(self.queue) if self.queue is not None else None
-                if group is not None:
-                    member = group.pick()
-                    if member is None:
-                        group.backlog.append((topic, body, dict(headers), 1))
-                    else:
-                        await member.offer(broker, topic, body, headers)
-                return
-        self.push(topic, body, dict(headers), 1)
+    def _handle(self, item: _Item) -> Any:
+        topic, body, headers, attempt = item
+        return self._deliver(_MemoryDelivery(self, topic, Message(body, headers), attempt))
 
-    async def _wait_for_room(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self._inbox) >= self._broker.max_pending and self._active:
-            if asyncio.current_task() is self._task:
-                raise PublishError(
-                    f"subscription to {self.topic!r} is full ({self._broker.max_pending} pending) "
-                    "and the publish comes from its own handler: it would wait forever"
-                )
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise PublishError(
-                    f"subscription to {self.topic!r} still had {len(self._inbox)} pending "
-                    f"messages after {timeout}s: its handler is too slow or stuck"
-                )
-            waiter = loop.create_future()
-            self._space.append(waiter)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, remaining)
-
-    def push(self, topic: str, body: bytes, headers: dict[str, str], attempt: int) -> None:
-        self._inbox.append((topic, body, headers, attempt))
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def redeliver(self, delivery: Delivery, delay: float | None) -> None:
-        broker = self._broker
-        attempt = delivery.attempt
-        max_deliver = broker.max_deliver
-        if max_deliver is not None and attempt >= max_deliver:
-            from .._registry import report_error
-
-            report_error(
-                PublishError(
-                    f"message on {delivery.topic!r} given up after {attempt} deliveries "
-                    f"(max_deliver={max_deliver})"
-                ),
-                delivery,
-            )
+    async def offer(self, item: _Item) -> None:
+        """Queue a new message, waiting for room when the mailbox is full (backpressure)."""
+        if await self._mailbox.put(item):
             return
-        if delay is None:
-            delay = broker._backoff(attempt)
-        item = (delivery.topic, delivery.message.body, delivery.message.headers, attempt + 1)
-        loop = asyncio.get_running_loop()
+        # It left while the publish waited: a group's message goes to the rest of the
+        # group (or its backlog); a broadcast subscription that left needs none.
+        group = self._node.groups.get(self.queue) if self.queue is not None else None
+        if group is not None:
+            member = group.pick()
+            if member is None:
+                group.backlog.append(item)
+            else:
+                await member.offer(item)
+
+    def push(self, item: _Item) -> None:
+        """Queue a message accepted before (a redelivery, a group's hand-back) at once."""
+        if not self._mailbox.offer(item):
+            self._hand_back(item)
+
+    def redeliver(self, delivery: Delivery, delay: float) -> None:
+        message = delivery.message
+        item = (delivery.topic, message.body, message.headers, delivery.attempt + 1)
         if delay > 0:
-            loop.call_later(delay, self._requeue, item)
+            asyncio.get_running_loop().call_later(delay, self.push, item)
         else:
-            self._requeue(item)
+            self.push(item)
 
-    def _requeue(self, item: tuple[str, bytes, dict[str, str], int]) -> None:
-        if self._active:
-            self.push(*item)
-            return
+    def _hand_back(self, item: _Item) -> None:
+        """A message this subscription can no longer take: its group's, if it has one."""
         if self.queue is not None:
             group = self._node.groups.get(self.queue)
             if group is not None:
-                member = group.pick()
-                if member is None:
-                    group.backlog.append(item)
-                else:
-                    member.push(*item)
-
-    async def _run(self) -> None:
-        inbox = self._inbox
-        settled = dispatcher(self._handler, self.auto_ack)
-        queue = self.queue
-        space = self._space
-        loop = asyncio.get_running_loop()
-        count = 0
-        while self._active:
-            if not inbox:
-                self._waiter = loop.create_future()
-                await self._waiter
-                self._waiter = None
-                continue
-            topic, body, headers, attempt = inbox.popleft()
-            if space:
-                for waiter in space:
-                    if not waiter.done():
-                        waiter.set_result(None)
-                space.clear()
-            delivery = _MemoryDelivery(self, topic, Message(body, headers), attempt)
-            delivery.queue = queue
-            self._handling = True
-            try:
-                await settled(delivery)
-            finally:
-                self._handling = False
-            count += 1
-            if count == _YIELD_EVERY:
-                # A handler that never suspends would otherwise starve every other task.
-                count = 0
-                await asyncio.sleep(0)
+                group.hand(item)
 
     async def unsubscribe(self) -> None:
         if not self._active:
@@ -409,29 +336,10 @@ class _MemorySubscriber(Subscriber):
             if group is not None:
                 with contextlib.suppress(ValueError):
                     group.members.remove(self)
-                # Nothing pending for a group is lost: it goes to the other members.
-                while self._inbox:
-                    item = self._inbox.popleft()
-                    member = group.pick()
-                    if member is None:
-                        group.backlog.append(item)
-                    else:
-                        member.push(*item)
         self._broker._subs.discard(self)
-        for waiter in self._space:
-            if not waiter.done():
-                waiter.set_result(None)
-        idle = self._waiter
-        if idle is not None and not idle.done():
-            idle.set_result(None)
-        task = self._task
-        if task is asyncio.current_task() or task.done():
-            return
-        # Let a handler that is running finish; a worker that is idle ends at once.
-        if not self._handling:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Nothing pending for a group is lost: it goes to the other members (or the backlog).
+        for item in await self._mailbox.close():
+            self._hand_back(item)
 
 
 def _check_pattern(topic: str) -> bool:

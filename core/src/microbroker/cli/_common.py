@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TextIO
 
 from .._broker import Broker
 from .._errors import PluginError, PluginNotFound
-from .._registry import DEFAULT_BROKER, get_broker
+from .._selection import DEFAULT_BROKER, get_broker
 
 # Exit codes, documented in ``microbroker --help`` and docs/cli.md.
 OK = 0

@@ -17,8 +17,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from .._delivery import Delivery
 from .._errors import MicrobrokerError
-from .._message import Delivery, Message
+from .._message import Message
 from ._common import FAILED, OK, TIMEOUT, CliError, connected, describe, make_broker
 
 _SEQ = "Bench-Seq"

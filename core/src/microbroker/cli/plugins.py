@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .._registry import available, plugin_errors, registry
+from .._plugins import available, plugin_errors, registry
 from ._common import OK, broker_name, table
 
 _KINDS = ("broker", "codec", "registry", "client", "server")

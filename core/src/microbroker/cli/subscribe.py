@@ -10,8 +10,8 @@ import signal
 import sys
 from typing import Any, TextIO
 
+from .._delivery import Delivery
 from .._errors import InvalidTopic, MicrobrokerError
-from .._message import Delivery
 from ._common import (
     FAILED,
     OK,

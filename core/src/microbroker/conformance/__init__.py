@@ -22,7 +22,35 @@ The suite adapts to the capabilities the broker declares (see
 not deliver. It needs pytest (``pip install microbroker[conformance]``).
 """
 
-from ._harness import BrokerFactory, Harness, Inbox, RestartServer
-from ._suite import BrokerConformance
+from __future__ import annotations
 
-__all__ = ["BrokerConformance", "BrokerFactory", "Harness", "Inbox", "RestartServer"]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._harness import BrokerFactory, ErrorCatcher, Harness, Inbox, RestartServer
+    from ._suite import BrokerConformance
+
+__all__ = [
+    "BrokerConformance",
+    "BrokerFactory",
+    "ErrorCatcher",
+    "Harness",
+    "Inbox",
+    "RestartServer",
+]
+
+INSTALL_HINT = "the conformance suite needs pytest: pip install 'microbroker[conformance]'"
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: ``python -m microbroker.conformance`` must be able to say
+    # what to install when pytest is missing, rather than fail importing this package.
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from . import _harness, _suite
+    except ModuleNotFoundError as exc:
+        if exc.name == "pytest":
+            raise ModuleNotFoundError(INSTALL_HINT, name="pytest") from exc
+        raise
+    return getattr(_suite if name == "BrokerConformance" else _harness, name)

@@ -32,10 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import pytest
     except ImportError:
-        print(
-            "the conformance suite needs pytest: pip install 'microbroker[conformance]'",
-            file=sys.stderr,
-        )
+        from . import INSTALL_HINT
+
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
 
     from .. import BrokerNotFound, PluginError, get_broker

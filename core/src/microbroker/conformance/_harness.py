@@ -9,8 +9,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from .. import _plugins
 from .._broker import Broker, Capabilities
-from .._message import Delivery
+from .._delivery import Delivery
+from .._markers import hookimpl
 
 BrokerFactory = Callable[[], Broker]
 RestartServer = Callable[[], Any]
@@ -68,6 +70,49 @@ class Inbox:
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
             except TimeoutError:
                 continue
+
+
+class ErrorCatcher:
+    """A plugin recording what reaches the ``on_error`` hooks: ``with ErrorCatcher() as errors``."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[BaseException, Delivery | None]] = []
+        self._name: str | None = None
+        self._changed = asyncio.Event()
+
+    @hookimpl
+    def on_error(self, error: BaseException, delivery: Delivery | None) -> None:
+        self.errors.append((error, delivery))
+        self._changed.set()
+
+    def of(self, kind: type[BaseException]) -> list[tuple[Any, Delivery | None]]:
+        """The errors of type ``kind``, with their deliveries."""
+        return [(e, d) for e, d in self.errors if isinstance(e, kind)]
+
+    async def wait_for(self, kind: type[BaseException], timeout: float, count: int = 1) -> None:
+        """Wait until ``count`` errors of type ``kind`` were reported."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.of(kind)) < count:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                seen = [type(e).__name__ for e, _ in self.errors]
+                raise AssertionError(
+                    f"no {kind.__name__} reached the on_error hooks within {timeout}s "
+                    f"(errors reported: {seen})"
+                )
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+
+    def __enter__(self) -> ErrorCatcher:
+        self._name = _plugins.register_plugin(self, name=f"conformance-errors-{id(self)}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._name is not None:
+            _plugins.unregister_plugin(self._name)
+            self._name = None
 
 
 class Harness:
@@ -133,8 +178,13 @@ class Harness:
             await result
 
     async def settle(self) -> None:
-        """A short pause for brokers whose subscriptions propagate asynchronously."""
-        await asyncio.sleep(0.05)
+        """One turn of the event loop after subscribing: no more.
+
+        ``subscribe`` returns only once the subscription receives every
+        message published afterwards; the suite holds brokers to that by not
+        waiting here for subscriptions to propagate.
+        """
+        await asyncio.sleep(0)
 
     async def close(self) -> None:
         for broker in reversed(self._brokers):

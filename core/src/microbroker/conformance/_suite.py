@@ -11,19 +11,30 @@ from typing import Any
 import pytest
 from google.protobuf import wrappers_pb2
 
-from .. import hookimpl
 from .._broker import Broker
 from .._context import Context
-from .._errors import DecodeError, MicrobrokerError, NotConnected
-from .._message import Delivery, Message
-from .._registry import register_plugin, unregister_plugin
-from .._retry import ATTEMPTS, ERROR, ORIGINAL_TOPIC, RetryPolicy, retrying
+from .._delivery import Delivery
+from .._errors import (
+    DecodeError,
+    GivenUp,
+    InvalidHeader,
+    MessageTooLarge,
+    MicrobrokerError,
+    NotConnected,
+)
+from .._headers import ATTEMPTS, ERROR, ID, ORIGINAL_ID, ORIGINAL_TOPIC, header_size
+from .._markers import hookimpl
+from .._message import Message
+from .._plugins import register_plugin, unregister_plugin
+from .._retry import DEFAULT_RETRY, RetryPolicy
 from .._service import Service
-from ._harness import BrokerFactory, Harness, Inbox, RestartServer, gather_limited
+from ._harness import BrokerFactory, ErrorCatcher, Harness, Inbox, RestartServer, gather_limited
 from ._rpc_cases import RpcConformance
 
 Case = Callable[[Harness], Coroutine[Any, Any, None]]
 
+#: Body sizes of the round trip, each capped by the broker's declared ``max_message_size``;
+#: the largest message the broker declares is sent too.
 BODY_SIZES = (0, 1, 127, 1024, 64 * 1024, 1024 * 1024)
 HEADERS = {
     "X-Plain": "value",
@@ -32,6 +43,29 @@ HEADERS = {
     "X-Unicode": "héllo wörld ✓",
     "X-Symbols": "k=v;a,b:c/d?e&f#g",
 }
+
+
+#: The smallest ``max_message_size`` a broker may declare: room for the headers a typed
+#: Event or an RPC request carries (a few hundred bytes) and a small body.
+MIN_MESSAGE_SIZE = 1024
+
+
+def _body_sizes(limit: int | None) -> list[int]:
+    """The round trip's body sizes: those that fit within ``limit`` with the case's headers,
+    then the one that makes a message of exactly ``limit`` bytes."""
+    if limit is None:
+        return list(BODY_SIZES)
+    sizes = [n for n in BODY_SIZES if n + _headers_for(n) <= limit]
+    exact = limit - _headers_for(limit)
+    while exact + _headers_for(exact) > limit:
+        exact -= 1
+    if exact >= 0 and exact not in sizes:
+        sizes.append(exact)
+    return sizes
+
+
+def _headers_for(size: int) -> int:
+    return header_size({**HEADERS, "X-Size": str(size)})
 
 
 def _need(condition: bool, capability: str) -> None:
@@ -87,18 +121,25 @@ class BrokerConformance(RpcConformance):
     # The cases ------------------------------------------------------------------
 
     def test_declares_capabilities(self, conformance: Harness) -> None:
-        """The broker says what it promises, and its name."""
+        """The broker says what it promises, and its name.
+
+        A ``max_message_size`` is a promise like the others: the suite sends
+        messages up to it, and no larger, so any honest limit passes; it must
+        leave room for the headers every typed message carries.
+        """
         broker = conformance.new_broker()
         caps = broker.capabilities
-        assert caps.max_message_size is None or caps.max_message_size >= 1024 * 1024, (
-            "a broker must carry at least 1 MiB bodies"
+        assert caps.max_message_size is None or caps.max_message_size >= MIN_MESSAGE_SIZE, (
+            f"max_message_size={caps.max_message_size}: a broker must carry at least "
+            f"{MIN_MESSAGE_SIZE} bytes (the headers of a typed message and a small body)"
         )
         assert isinstance(str(broker), str)
         assert str(broker)
         assert not broker.connected, "a new broker must not be connected before connect()"
 
     def test_round_trip_headers_and_binary_bodies(self, conformance: Harness) -> None:
-        """Bodies of 0 bytes to 1 MiB, every byte value, and headers arrive intact."""
+        """Bodies of 0 bytes up to 1 MiB or the declared limit, every byte value, and headers
+        arrive intact; so does a message of exactly ``max_message_size`` (headers included)."""
 
         async def case(h: Harness) -> None:
             pub, sub = await h.broker(), await h.broker()
@@ -108,7 +149,7 @@ class BrokerConformance(RpcConformance):
             await h.settle()
             rng = random.Random(42)
             sent = []
-            for size in BODY_SIZES:
+            for size in _body_sizes(h.capabilities.max_message_size):
                 body = bytes(range(256)) * (size // 256) + rng.randbytes(size % 256)
                 headers = {**HEADERS, "X-Size": str(size)}
                 sent.append((body, headers))
@@ -359,7 +400,7 @@ class BrokerConformance(RpcConformance):
                 handled.record(delivery)
 
             await pub.subscribe(f"{topic}.dlq", dead)
-            await sub.subscribe(topic, retrying(handler, sub, policy))
+            await sub.subscribe(topic, handler, retry=policy)
             await h.settle()
             await pub.publish(topic, Message(b"fine-1"))
             await pub.publish(topic, Message(b"poison", {"X-Order": "42"}))
@@ -377,6 +418,174 @@ class BrokerConformance(RpcConformance):
             assert len(dead) == 1, "one dead letter per message"
             assert sorted(handled.bodies) == [b"fine-1", b"fine-2"]
             assert attempts[b"fine-1"] == attempts[b"fine-2"] == 1
+
+        self._run(conformance, case)
+
+    def test_an_event_is_dead_lettered_after_its_attempts(self, conformance: Harness) -> None:
+        """A typed Event (it has a ``Micro-ID``) that keeps failing reaches the DLQ and on_error.
+
+        The dead letter has an id of its own, the original's in ``Micro-Original-ID``:
+        a broker that de-duplicates by message id must not take it for the original.
+        """
+        _need(conformance.capabilities.ack, "ack")
+
+        async def case(h: Harness) -> None:
+            pub, sub = await h.broker(), await h.broker()
+            topic = h.topic("event.dlq")
+            policy = RetryPolicy(max_attempts=2, backoff=0.05, max_backoff=0.2)
+            attempts = Inbox("attempts")
+            dead = Inbox("dead letters")
+
+            async def handler(delivery: Delivery) -> None:
+                attempts.record(delivery)
+                raise ValueError("conformance: this event never works")
+
+            with ErrorCatcher() as errors:
+                await pub.subscribe(f"{topic}.dlq", dead)
+                await sub.subscribe(topic, handler, retry=policy)
+                await h.settle()
+                publisher = Service("conformance-event-publisher", broker=pub)
+                await publisher.event(topic).publish({"order": 1}, metadata={"Tenant": "t"})
+                await dead.wait_for(1, h.timeout * 2)
+                await errors.wait_for(GivenUp, h.timeout)
+                await asyncio.sleep(h.quiet)
+            original = attempts.deliveries[0].message
+            letter = dead.deliveries[0].message
+            assert len(attempts) == 2, f"{len(attempts)} attempts, the policy allows 2"
+            assert len(dead) == 1, "one dead letter per message"
+            assert letter.body == original.body
+            assert letter.header("Tenant") == "t", "the dead letter lost the original headers"
+            assert letter.header(ORIGINAL_ID) == original.header(ID), (
+                "the dead letter must carry the original's Micro-ID as Micro-Original-ID"
+            )
+            assert letter.header(ID), "the dead letter must have a Micro-ID of its own"
+            assert letter.header(ID) != original.header(ID), "the dead letter needs its own id"
+            assert letter.header(ATTEMPTS) == "2"
+            given_up = [e for e, _ in errors.of(GivenUp)]
+            assert len(given_up) == 1
+            assert given_up[0].dead_letter == f"{topic}.dlq"
+            assert len(errors.of(ValueError)) == 2, "each failed attempt reaches on_error"
+
+        self._run(conformance, case)
+
+    def test_a_poison_message_is_given_up_by_default(self, conformance: Harness) -> None:
+        """With no retry policy, a message that always fails is given up, not redelivered for ever.
+
+        With acknowledgement it gets the default policy's attempts
+        (``DEFAULT_RETRY.max_attempts``), without it one; then it is
+        dead-lettered, ``on_error`` hears a ``GivenUp``, and the subscription
+        goes on with the next message.
+        """
+
+        async def case(h: Harness) -> None:
+            pub, sub = await h.broker(), await h.broker()
+            topic = h.topic("poison")
+            attempts: Counter[bytes] = Counter()
+            handled = Inbox("handled")
+            dead = Inbox("dead letters")
+
+            async def handler(delivery: Delivery) -> None:
+                attempts[delivery.message.body] += 1
+                if delivery.message.body == b"poison":
+                    raise RuntimeError("conformance: poison")
+                handled.record(delivery)
+
+            with ErrorCatcher() as errors:
+                await pub.subscribe(f"{topic}.dlq", dead)
+                await sub.subscribe(topic, handler)
+                await h.settle()
+                await pub.publish(topic, Message(b"poison"))
+                await pub.publish(topic, Message(b"fine"))
+                await errors.wait_for(GivenUp, h.timeout * 3)
+                await handled.wait_for(1, h.timeout)
+                await dead.wait_for(1, h.timeout)
+                await asyncio.sleep(h.quiet)
+            expected = DEFAULT_RETRY.max_attempts if h.capabilities.ack else 1
+            assert attempts[b"poison"] == expected, (
+                f"the poison message was delivered {attempts[b'poison']} times, expected {expected}"
+            )
+            assert attempts[b"fine"] == 1
+            assert dead.bodies == [b"poison"]
+            assert dead.deliveries[0].message.header(ORIGINAL_TOPIC) == topic
+            (given_up, delivery), *rest = errors.of(GivenUp)
+            assert not rest, "one give-up per message"
+            assert given_up.attempts == expected
+            assert delivery is not None
+            assert delivery.rejected
+
+        self._run(conformance, case)
+
+    def test_bad_headers_are_refused_before_anything_is_sent(self, conformance: Harness) -> None:
+        """CR, LF or NUL in a value, a bad name or a non-str value: InvalidHeader everywhere."""
+
+        async def case(h: Harness) -> None:
+            pub, sub = await h.broker(), await h.broker()
+            topic = h.topic("badheaders")
+            inbox = Inbox()
+            await sub.subscribe(topic, inbox)
+            await h.settle()
+            bad: list[dict[str, Any]] = [
+                {"X-Split": "a\r\nX-Injected: yes"},
+                {"X-Newline": "a\nb"},
+                {"X-Nul": "a\0b"},
+                {"Bad Name": "v"},
+                {"X:Colon": "v"},
+                {"": "v"},
+                {"X-Number": 5},
+            ]
+            for headers in bad:
+                with pytest.raises(InvalidHeader):
+                    await pub.publish(topic, Message(b"bad", headers))
+            assert pub.connected
+            await pub.publish(topic, Message(b"good", {"X-Fine": "yes"}))
+            await inbox.wait_for(1, h.timeout)
+            await asyncio.sleep(h.quiet)
+            assert inbox.bodies == [b"good"], "a message with a bad header was sent"
+
+        self._run(conformance, case)
+
+    def test_event_hooks_see_every_publish_and_delivery(self, conformance: Harness) -> None:
+        """The plugins' event hooks apply to this broker however it was made."""
+
+        async def case(h: Harness) -> None:
+            pub, sub = await h.broker(), await h.broker()
+            topic = h.topic("hooks")
+            seen: dict[str, list[Any]] = {"publish": [], "deliver": [], "wrapped": []}
+
+            class Observer:
+                @hookimpl
+                def on_publish(self, broker: Broker, topic: str, message: Message) -> None:
+                    message.headers["X-Observed"] = "yes"
+                    seen["publish"].append((broker, topic))
+
+                @hookimpl
+                def on_deliver(self, broker: Broker, delivery: Delivery) -> None:
+                    seen["deliver"].append((broker, delivery.topic))
+
+                @hookimpl
+                def wrap_handler(
+                    self, broker: Broker, topic: str, queue: str | None, handler: Any
+                ) -> Any:
+                    async def wrapped(delivery: Delivery) -> None:
+                        seen["wrapped"].append(delivery.message.header("X-Observed"))
+                        await handler(delivery)
+
+                    return wrapped
+
+            observer = Observer()
+            name = register_plugin(observer, name=f"conformance-observer-{id(observer)}")
+            try:
+                inbox = Inbox()
+                await sub.subscribe(topic, inbox)
+                await h.settle()
+                await pub.publish(topic, Message(b"observed"))
+                await inbox.wait_for(1, h.timeout)
+            finally:
+                unregister_plugin(name)
+            assert (pub, topic) in seen["publish"], "on_publish did not see the publish"
+            assert (sub, topic) in seen["deliver"], "on_deliver did not see the delivery"
+            assert seen["wrapped"] == ["yes"], "wrap_handler did not wrap the handler"
+            assert inbox.deliveries[0].message.header("X-Observed") == "yes"
 
         self._run(conformance, case)
 
@@ -524,15 +733,27 @@ class BrokerConformance(RpcConformance):
         self._run(conformance, case)
 
     def test_max_message_size_is_enforced_clearly(self, conformance: Harness) -> None:
+        """One byte over the limit (body plus headers) is MessageTooLarge; the broker goes on."""
         limit = conformance.capabilities.max_message_size
         _need(limit is not None, "max_message_size")
         assert limit is not None
 
         async def case(h: Harness) -> None:
-            pub = await h.broker()
-            with pytest.raises(MicrobrokerError):
-                await pub.publish(h.topic("huge"), Message(b"\0" * (limit + 1)))
+            pub, sub = await h.broker(), await h.broker()
+            topic = h.topic("huge")
+            inbox = Inbox()
+            await sub.subscribe(topic, inbox)
+            await h.settle()
+            headers = {"X-Padding": "p" * 16}
+            body = b"\0" * (limit + 1 - header_size(headers))
+            with pytest.raises(MessageTooLarge):
+                await pub.publish(topic, Message(body, headers))
+            with pytest.raises(MessageTooLarge):
+                await pub.publish(topic, Message(b"\0" * (limit + 1)))
             assert pub.connected, "an oversized publish must not break the connection"
+            await pub.publish(topic, Message(b"after"))
+            await inbox.wait_for(1, h.timeout)
+            assert inbox.bodies == [b"after"], "an oversized message must not be sent"
 
         self._run(conformance, case)
 
@@ -660,21 +881,18 @@ class BrokerConformance(RpcConformance):
     def test_undecodable_body_raises_decode_error_and_nothing_else_is_lost(
         self, conformance: Harness
     ) -> None:
-        """A raw publish a typed subscriber cannot decode: DecodeError to the hooks, no harm."""
+        """A raw publish a typed subscriber cannot decode: a DecodeError to the hooks, no harm.
+
+        The handler never sees it; it is given up at once (decoding the same
+        bytes again cannot succeed): dead-lettered, and ``on_error`` hears a
+        ``GivenUp``; the next message is handled as usual.
+        """
 
         async def case(h: Harness) -> None:
             pub, sub = await h.broker(), await h.broker()
             topic = h.topic("decode")
-            errors: list[tuple[BaseException, Delivery | None]] = []
-
-            class Catcher:
-                @hookimpl
-                def on_error(self, error: BaseException, delivery: Delivery | None) -> None:
-                    errors.append((error, delivery))
-
-            catcher = Catcher()
-            register_plugin(catcher, name=f"conformance-catcher-{id(catcher)}")
-            try:
+            dead = Inbox("dead letters")
+            with ErrorCatcher() as errors:
                 service = Service("conformance-decode", broker=sub)
                 handled: list[str] = []
                 arrived = Inbox("typed subscriber")
@@ -684,6 +902,7 @@ class BrokerConformance(RpcConformance):
                     handled.append(msg.value)
                     arrived.record(ctx.delivery)
 
+                await pub.subscribe(f"{topic}.dlq", dead)
                 async with service:
                     await h.settle()
                     await pub.publish(
@@ -698,24 +917,18 @@ class BrokerConformance(RpcConformance):
                         ),
                     )
                     await arrived.wait_for(1, h.timeout)
-                    await arrived.wait_until(
-                        lambda: any(isinstance(e, DecodeError) for e, _ in errors),
-                        h.timeout,
-                        "a DecodeError reaching the on_error hook",
-                    )
-                assert handled == ["good"], "the handler must never see an undecodable body"
-                decode_errors = [(e, d) for e, d in errors if isinstance(e, DecodeError)]
-                error, delivery = decode_errors[0]
-                assert isinstance(error, DecodeError)
-                assert error.topic == topic
-                assert error.content_type == "application/protobuf"
-                assert error.expected is wrappers_pb2.StringValue
-                assert error.cause is not None
-                assert delivery is not None
-                assert delivery.message.body == b"\xffnot protobuf"
-                if h.capabilities.ack:
-                    assert delivery.nacked, "an undecodable message must be nacked, not acked"
-            finally:
-                unregister_plugin(catcher)
+                    await errors.wait_for(GivenUp, h.timeout)
+                    await dead.wait_for(1, h.timeout)
+            assert handled == ["good"], "the handler must never see an undecodable body"
+            error, delivery = errors.of(DecodeError)[0]
+            assert error.topic == topic
+            assert error.content_type == "application/protobuf"
+            assert error.expected is wrappers_pb2.StringValue
+            assert error.cause is not None
+            assert delivery is not None
+            assert delivery.message.body == b"\xffnot protobuf"
+            assert delivery.rejected, "an undecodable message is given up, not acked or nacked"
+            assert dead.bodies == [b"\xffnot protobuf"]
+            assert len(errors.of(DecodeError)) == 1, "an undecodable message is tried once"
 
         self._run(conformance, case)

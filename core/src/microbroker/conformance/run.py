@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from .._broker import Broker
-from .._registry import get_broker
+from .._selection import get_broker
 from ._harness import BrokerFactory, RestartServer
 from ._suite import BrokerConformance
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .._errors import PluginError
+from .._plugins import registry
 from ._base import DEFAULT_TTL, Node, Registry, RegistryError, Service, WatchEvent
 
 DEFAULT_REGISTRY = "local"
@@ -38,9 +40,6 @@ def get_registry(name: str | None = None, **options: Any) -> Registry:
     ``MICRO_REGISTRY_ADDRESS`` gives its address unless ``address`` is passed.
     Raises :class:`microbroker.PluginNotFound` for a name no plugin provides.
     """
-    from .._errors import PluginError
-    from .._registry import registry
-
     if name is None:
         name = os.environ.get("MICRO_REGISTRY") or DEFAULT_REGISTRY
         if options.get("address") is None:

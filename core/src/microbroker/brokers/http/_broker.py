@@ -26,8 +26,10 @@ import aiohttp
 from aiohttp import web
 
 from ..._broker import Broker, Capabilities, Handler, Subscriber
-from ..._errors import MicrobrokerError, PublishError
+from ..._errors import MicrobrokerError, NotConnected, PublishError
 from ..._message import Message
+from ..._plugins import report_error
+from ..._retry import backoff
 from ...registries import DEFAULT_TTL, Node, Registry, Service, get_registry
 from . import _wire
 from ._server import HttpSubscriber, make_app
@@ -91,16 +93,20 @@ class HttpBroker(Broker):
             verify (a self-signed test certificate). Default: verify.
         :param advertise: ``host:port`` to register instead of the bound
             address (when serving on ``0.0.0.0``, say).
-        :param max_message_size: largest body, in bytes, a publish accepts and
-            the server reads (a larger request is answered 413).
+        :param max_message_size: largest message (body and headers, in bytes)
+            a publish accepts and the server reads (a larger request is answered 413).
         :param max_pending: messages (counted once per target subscription)
             the publisher keeps until they are acked. A publish that finds it
             full waits up to ``publish_timeout`` seconds, then raises
             :class:`~microbroker.PublishError`.
-        :param max_deliver: deliveries after which a message that is still
-            nacked is given up and reported; ``None`` retries without limit.
-        :param redelivery_delay: first retry delay in seconds; it doubles per attempt
-            up to ``max_redelivery_delay``.
+        :param max_deliver: deliveries after which the publisher gives a
+            message up that its subscriber never settled (unreachable, busy, or
+            answering without a verdict), reporting it; ``None`` (the default)
+            keeps trying within ``max_pending``. A handler's failures follow
+            the subscription's retry policy, on the subscriber's side.
+        :param redelivery_delay: first retry delay in seconds when a subscriber
+            could not be reached or was busy; it doubles per attempt up to
+            ``max_redelivery_delay``.
         :param ack_timeout: seconds a subscription waits for a handler with
             ``auto_ack=False`` to settle a delivery before it counts as a nack.
         :param read_timeout: seconds the server waits for a request body (slow clients).
@@ -306,16 +312,15 @@ class HttpBroker(Broker):
 
     # Subscribing ------------------------------------------------------------------
 
-    async def subscribe(
+    async def receive(
         self,
         topic: str,
-        handler: Handler,
+        deliver: Handler,
         *,
-        queue: str | None = None,
-        auto_ack: bool = True,
+        queue: str | None,
+        auto_ack: bool,
         **options: Any,
     ) -> Subscriber:
-        self._check_subscribe(topic)
         if options:
             raise TypeError(f"http broker subscribe() takes no option(s) {', '.join(options)}")
         assert self.registry is not None
@@ -332,7 +337,7 @@ class HttpBroker(Broker):
             },
         )
         service = Service(_wire.SERVICE, queue or _wire.BROADCAST, {}, [node])
-        sub = HttpSubscriber(self, topic, handler, queue, auto_ack, service)
+        sub = HttpSubscriber(self, topic, deliver, queue, auto_ack, service)
         self._subscribers[sub.id] = sub
         try:
             await self.registry.register(service, ttl=self.register_ttl)
@@ -359,34 +364,30 @@ class HttpBroker(Broker):
 
     # Publishing -------------------------------------------------------------------
 
-    async def publish(self, topic: str, message: Message, **options: Any) -> None:
+    async def send(self, topic: str, message: Message, **options: Any) -> None:
         """Publish ``message`` to every subscription of ``topic``.
 
         Returns once each target subscription (every broadcast subscriber, one
         member per queue group) has the message in the retention buffer.
         Raises :class:`~microbroker.PublishError` when no subscription is
-        registered for the topic, the body exceeds ``max_message_size``, or
-        the buffer stays full for ``publish_timeout`` seconds.
+        registered for the topic, or the buffer stays full for
+        ``publish_timeout`` seconds.
 
         Option ``confirm=True`` waits until every target has acked instead,
         and raises :class:`~microbroker.PublishError` when none acked or when
         one was given up (``max_deliver`` reached, request rejected).
         """
-        self._check_publish(topic, message)
         confirm = bool(options.pop("confirm", False))
         if options:
             raise TypeError(
                 f"http broker publish() takes no option(s) {', '.join(options)}; "
                 "it takes confirm=True"
             )
+        if self._runner is None:  # disconnected before this publish got its turn
+            raise NotConnected("the http broker is not connected")
         body = message.body
         if type(body) is not bytes:
             body = bytes(body)
-        if len(body) > self.max_message_size:
-            raise PublishError(
-                f"message of {len(body)} bytes on {topic!r} exceeds the http broker's "
-                f"max_message_size of {self.max_message_size} bytes"
-            )
         routes = self._routes.get(topic)
         if routes is None or routes.expires < time.monotonic():
             routes = await self._lookup(topic)
@@ -534,9 +535,7 @@ class HttpBroker(Broker):
             )
             return
         if delay is None:
-            delay = min(
-                self.redelivery_delay * 2.0 ** max(out.attempt - 2, 0), self.max_redelivery_delay
-            )
+            delay = backoff(out.attempt - 1, self.redelivery_delay, 2.0, self.max_redelivery_delay)
         if failed_node is not None:
             self._routes.pop(out.msg.topic, None)
         task = asyncio.get_running_loop().create_task(self._reroute(out, delay, failed_node))
@@ -576,7 +575,7 @@ class HttpBroker(Broker):
         self._sender(node).push(out)
 
     def _retry_same(self, out: _Out) -> None:
-        delay = min(self.redelivery_delay * 2.0 ** (out.attempt - 1), self.max_redelivery_delay)
+        delay = backoff(out.attempt, self.redelivery_delay, 2.0, self.max_redelivery_delay)
         task = asyncio.get_running_loop().create_task(
             self._reroute(out, max(delay, self.lookup_interval), None)
         )
@@ -844,8 +843,6 @@ class _Unreachable(Exception):
 
 
 def _report(error: BaseException) -> None:
-    from ..._registry import report_error
-
     report_error(error, None)
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..._broker import Handler, Subscriber, dispatcher
-from ..._message import Delivery, Message
+from ..._broker import Handler, Subscriber
+from ..._delivery import Delivery
+from ..._mailbox import Mailbox, Overflow
+from ..._message import Message
 from ...registries import Service
 from . import _wire
 
@@ -25,36 +25,45 @@ Result = float | str | None
 
 
 class _InboundDelivery(Delivery):
+    """A message POSTed to a subscription: its verdict is the answer the publisher waits for."""
+
     __slots__ = ("_result",)
 
     def __init__(
         self, topic: str, message: Message, queue: str | None, attempt: int, result: Any
     ) -> None:
-        Delivery.__init__(self, topic, message, queue=queue, attempt=attempt)
+        super().__init__(topic, message, queue=queue, attempt=attempt)
         self._result: asyncio.Future[Result] = result
 
-    async def _settle_ack(self) -> None:
+    def _answer(self, verdict: Result) -> None:
         if not self._result.done():
-            self._result.set_result(_wire.ACK)
+            self._result.set_result(verdict)
 
-    async def _settle_nack(self, delay: float | None) -> None:
-        if not self._result.done():
-            self._result.set_result(_wire.NACK if delay is None else max(0.0, float(delay)))
+    async def on_ack(self) -> None:
+        self._answer(_wire.ACK)
+
+    async def on_nack(self, delay: float) -> None:
+        self._answer(max(0.0, float(delay)))
+
+    async def on_reject(self) -> None:
+        # Given up here (dead-lettered or dropped): the publisher must stop sending it.
+        self._answer(_wire.ACK)
 
 
 class HttpSubscriber(Subscriber):
     """A subscription of the http broker: one registry node, one ordered worker.
 
-    Messages POSTed to its node id wait in a bounded inbox and are handled one
-    at a time, in arrival order. Each HTTP answer waits for the handler's
-    verdict, so the publisher learns whether the message was acked.
+    Messages POSTed to its node id wait in a bounded mailbox (``Overflow.REFUSE``:
+    a full one answers 503, busy, and the publisher retries later) and are
+    handled one at a time, in arrival order. Each HTTP answer waits for the
+    handler's verdict, so the publisher learns whether the message was acked.
     """
 
     def __init__(
         self,
         broker: HttpBroker,
         topic: str,
-        handler: Handler,
+        deliver: Handler,
         queue: str | None,
         auto_ack: bool,
         service: Service,
@@ -63,13 +72,14 @@ class HttpSubscriber(Subscriber):
         self.id = service.nodes[0].id
         self.service = service
         self._broker = broker
-        self._handler = handler
+        self._deliver = deliver
         self._active = True
-        self._inbox: deque[_InboundDelivery] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._handling = False
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"microbroker-http-{topic}"
+        self._expiring: set[asyncio.Task[None]] = set()
+        self._mailbox: Mailbox[_InboundDelivery] = Mailbox(
+            self._handle,
+            capacity=broker.max_inbox,
+            overflow=Overflow.REFUSE,
+            name=f"http subscription to {topic!r}",
         )
 
     @property
@@ -80,42 +90,24 @@ class HttpSubscriber(Subscriber):
         """Queue one message; return the future of its result, or ``BUSY``/``GONE`` at once."""
         if not self._active:
             return _wire.GONE
-        if len(self._inbox) >= self._broker.max_inbox:
-            return _wire.BUSY
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._inbox.append(
-            _InboundDelivery(topic, Message(body, headers), self.queue, attempt, future)
-        )
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        delivery = _InboundDelivery(topic, Message(body, headers), self.queue, attempt, future)
+        if not self._mailbox.offer(delivery):
+            return _wire.GONE if self._mailbox.closed else _wire.BUSY
         return future
 
-    async def _run(self) -> None:
-        inbox = self._inbox
-        settled = dispatcher(self._handler, self.auto_ack)
-        loop = asyncio.get_running_loop()
-        ack_timeout = self._broker.ack_timeout
-        count = 0
-        while self._active:
-            if not inbox:
-                self._waiter = loop.create_future()
-                await self._waiter
-                self._waiter = None
-                continue
-            delivery = inbox.popleft()
-            self._handling = True
-            try:
-                await settled(delivery)
-            finally:
-                self._handling = False
-            if not delivery.settled:
-                # Left for the application to settle later; an answer must come some day.
-                loop.call_later(ack_timeout, _expire, delivery)
-            count += 1
-            if count == 256:
-                count = 0
-                await asyncio.sleep(0)
+    async def _handle(self, delivery: _InboundDelivery) -> None:
+        await self._deliver(delivery)
+        if not delivery.settled:
+            # Left for the application to settle later; an answer must come some day.
+            asyncio.get_running_loop().call_later(self._broker.ack_timeout, self._expire, delivery)
+
+    def _expire(self, delivery: _InboundDelivery) -> None:
+        """The ack window is over: an unsettled delivery counts as a nack (a failed attempt)."""
+        if not delivery.settled:
+            task = asyncio.get_running_loop().create_task(delivery.nack())
+            self._expiring.add(task)
+            task.add_done_callback(self._expiring.discard)
 
     async def unsubscribe(self) -> None:
         if not self._active:
@@ -123,27 +115,8 @@ class HttpSubscriber(Subscriber):
         self._active = False
         await self._broker._remove(self)
         # Messages not yet handled go back to their publishers, for another member of the group.
-        while self._inbox:
-            pending = self._inbox.popleft()
-            if not pending._result.done():
-                pending._result.set_result(_wire.GONE)
-        idle = self._waiter
-        if idle is not None and not idle.done():
-            idle.set_result(None)
-        task = self._task
-        if task is asyncio.current_task() or task.done():
-            return
-        if not self._handling:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _expire(delivery: _InboundDelivery) -> None:
-    if not delivery.settled:
-        delivery._state = 2  # nacked: the ack window is over
-        if not delivery._result.done():
-            delivery._result.set_result(_wire.NACK)
+        for pending in await self._mailbox.close():
+            pending._answer(_wire.GONE)
 
 
 def _text(status: int, message: str, **headers: str) -> web.Response:

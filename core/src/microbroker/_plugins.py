@@ -1,41 +1,42 @@
-"""Plugin discovery and selection by name: pluggy over the ``microbroker`` entry-point group."""
+"""The plugin registry: pluggy over the ``microbroker`` entry-point group, and the error sink.
+
+A low layer of the core: it knows the hook specifications and the tables of
+what plugins registered, never the brokers themselves. The core's own
+built-ins are handed to it by the composition root (``microbroker/__init__``,
+through :func:`install_builtins`) and registered through the very same hooks
+as any plugin. Selecting a broker by name (:func:`microbroker.get_broker`)
+lives a layer up, in ``_selection``.
+"""
 
 from __future__ import annotations
 
 import difflib
 import importlib.metadata
-import inspect
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
 
 from . import hookspecs
-from ._broker import Broker, Handler
+from ._catalog import install_hint, known_broker
 from ._errors import BrokerNotFound, PluginError, PluginNotFound
+from ._headers import normalize_content_type
 from ._markers import PROJECT
-from ._message import Delivery, Message
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    Handler = Callable[[Any], Awaitable[None]]
 
 logger = logging.getLogger("microbroker")
 
 ENTRY_POINT_GROUP = "microbroker"
-DEFAULT_BROKER = "http"
 
 Kind = Literal["broker", "codec", "client", "server", "registry"]
 _KINDS: tuple[Kind, ...] = ("broker", "codec", "client", "server", "registry")
-_EVENT_HOOKS = ("on_publish", "on_deliver", "wrap_publish", "wrap_handler")
-
-#: The project's own broker plugins, separately installed: a broker name close to
-#: one of these (``natz``) is answered with the distribution to install.
-KNOWN_BROKER_PLUGINS = {
-    "nats": "microbroker-nats",
-    "mqtt": "microbroker-mqtt",
-    "kafka": "microbroker-kafka",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,25 +53,26 @@ class PluginInfo:
     """The factory (or, for a codec, the codec)."""
 
 
-class Registry:
+class PluginRegistry:
     """The plugin manager and the tables of what plugins registered.
 
     There is one per process, made on first use by :func:`registry`; tables are
-    built lazily and rebuilt when a plugin is registered or unregistered.
+    built lazily and rebuilt when a plugin is registered or unregistered. (Not
+    to be confused with the *service* registries of :mod:`microbroker.registries`,
+    where the http broker's subscribers announce themselves.)
     """
 
-    def __init__(self, *, load_entry_points: bool = True) -> None:
+    def __init__(self, *, builtins: object | None = None, load_entry_points: bool = True) -> None:
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.errors: list[PluginError] = []
         self._failed_entry_points: dict[str, PluginError] = {}
         self._dist_of: dict[int, tuple[str, str]] = {}
         self._tables: dict[str, dict[str, PluginInfo]] | None = None
-        self._event_hooks: bool | None = None
+        self._hooks: EventHooks | None = None
         self._lock = threading.RLock()
-        from . import _builtins
-
-        self.register(_builtins, name=PROJECT, distribution=(PROJECT, _version(PROJECT)))
+        if builtins is not None:
+            self.register(builtins, name=PROJECT, distribution=(PROJECT, _version(PROJECT)))
         if load_entry_points:
             self._load_entry_points()
 
@@ -176,8 +178,11 @@ class Registry:
             self._invalidate()
 
     def _invalidate(self) -> None:
+        global hooks
         self._tables = None
-        self._event_hooks = None
+        self._hooks = None
+        if _registry is self:
+            hooks = None
 
     # Tables ----------------------------------------------------------------------
 
@@ -211,68 +216,13 @@ class Registry:
 
     # Event hooks -------------------------------------------------------------------
 
-    @property
-    def has_event_hooks(self) -> bool:
-        value = self._event_hooks
-        if value is None:
-            value = self._event_hooks = any(
-                getattr(self.pm.hook, name).get_hookimpls() for name in _EVENT_HOOKS
-            )
-        return value
-
-    def instrument(self, broker: Broker) -> Broker:
-        """Apply the event hooks to ``broker``; with none implemented, return it untouched."""
-        if not self.has_event_hooks:
-            return broker
-        hook = self.pm.hook
-        publish: Callable[..., Any] = broker.publish
-        for impl in reversed(hook.wrap_publish.get_hookimpls()):
-            wrapped: Any = _call_impl(impl, broker=broker, publish=publish)
-            if wrapped is not None:
-                publish = wrapped
-        if hook.on_publish.get_hookimpls():
-            inner_publish = publish
-            on_publish = _direct_call(hook.on_publish, ("broker", "topic", "message"))
-
-            async def observed_publish(topic: str, message: Message, **options: Any) -> None:
-                on_publish(broker, topic, message)
-                await inner_publish(topic, message, **options)
-
-            publish = observed_publish
-        subscribe = broker.subscribe
-
-        async def instrumented_subscribe(
-            topic: str, handler: Handler, *, queue: str | None = None, **options: Any
-        ) -> Any:
-            return await subscribe(
-                topic, self.wrap_handler(broker, topic, queue, handler), queue=queue, **options
-            )
-
-        # Instance attributes shadow the class's methods: the broker itself is unchanged.
-        broker.publish = publish  # type: ignore[method-assign]
-        broker.subscribe = instrumented_subscribe  # type: ignore[method-assign]
-        return broker
-
-    def wrap_handler(
-        self, broker: Broker, topic: str, queue: str | None, handler: Handler
-    ) -> Handler:
-        hook = self.pm.hook
-        if hook.on_deliver.get_hookimpls():
-            inner = handler
-            on_deliver = _direct_call(hook.on_deliver, ("broker", "delivery"))
-
-            async def observed(delivery: Delivery) -> None:
-                on_deliver(broker, delivery)
-                await inner(delivery)
-
-            handler = observed
-        for impl in reversed(hook.wrap_handler.get_hookimpls()):
-            wrapped: Any = _call_impl(
-                impl, broker=broker, topic=topic, queue=queue, handler=handler
-            )
-            if wrapped is not None:
-                handler = wrapped
-        return handler
+    def event_hooks(self) -> EventHooks:
+        """What the installed plugins do on each publish and delivery, looked up once."""
+        made = self._hooks
+        if made is None:
+            with self._lock:
+                made = self._hooks = EventHooks(self.pm.hook)
+        return made
 
     # Lookup -------------------------------------------------------------------------
 
@@ -294,15 +244,11 @@ class Registry:
         if close or kind != "broker":
             error_type = BrokerNotFound if kind == "broker" else PluginNotFound
             raise error_type(name, names, suggestion=close[0] if close else None, kind=kind)
-        # Not close to anything installed: perhaps to a plugin of the project's own.
-        if name in KNOWN_BROKER_PLUGINS:
-            raise BrokerNotFound(name, names, install=KNOWN_BROKER_PLUGINS[name])
-        missing = [plugin for plugin in KNOWN_BROKER_PLUGINS if plugin not in table]
-        close = difflib.get_close_matches(name, missing, n=1, cutoff=0.5)
-        if close:
-            raise BrokerNotFound(
-                name, names, suggestion=close[0], install=KNOWN_BROKER_PLUGINS[close[0]]
-            )
+        # Not close to anything installed: perhaps to a published plugin that is not installed.
+        known = known_broker(name, exclude=names)
+        if known is not None:
+            suggestion = None if known == name else known
+            raise BrokerNotFound(name, names, suggestion=suggestion, install=install_hint(known))
         raise BrokerNotFound(name, names)
 
 
@@ -312,7 +258,12 @@ class _Registrar:
     __slots__ = ("dist", "kind", "owner", "table", "version")
 
     def __init__(
-        self, table: dict[str, PluginInfo], kind: str, dist: str, version: str, owner: Registry
+        self,
+        table: dict[str, PluginInfo],
+        kind: str,
+        dist: str,
+        version: str,
+        owner: PluginRegistry,
     ) -> None:
         self.table, self.kind, self.dist, self.version, self.owner = (
             table,
@@ -323,9 +274,7 @@ class _Registrar:
         )
 
     def __call__(self, name: str, target: Any) -> None:
-        if self.kind == "codec":
-            from .codecs import normalize_content_type
-
+        if self.kind == "codec" and isinstance(name, str):
             name = normalize_content_type(name)
         if not isinstance(name, str) or not name:
             self.owner._record(
@@ -411,70 +360,104 @@ def _plugin_label(plugin: object) -> str:
     return getattr(plugin, "__name__", None) or type(plugin).__qualname__
 
 
-_registry: Registry | None = None
+_registry: PluginRegistry | None = None
 _registry_lock = threading.Lock()
+_builtins: object | None = None
+
+hooks: EventHooks | None = None
+"""The event hooks of the process-wide registry, or ``None`` until first asked for.
+
+Read by ``Broker.publish`` on every publish: one module attribute, no call,
+when it is set.
+"""
 
 
-def registry() -> Registry:
-    """The process-wide registry, loading the installed plugins on first use."""
+def install_builtins(plugin: object) -> None:
+    """Hand the core's own plugin (its brokers, codecs...) to the registry made on first use.
+
+    Called once, by the composition root (``microbroker/__init__``).
+    """
+    global _builtins
+    _builtins = plugin
+
+
+def registry() -> PluginRegistry:
+    """The process-wide plugin registry, loading the installed plugins on first use."""
     global _registry
     reg = _registry
     if reg is None:
         with _registry_lock:
             reg = _registry
             if reg is None:
-                reg = _registry = Registry()
+                reg = _registry = PluginRegistry(builtins=_builtins)
     return reg
 
 
-# The public functions ------------------------------------------------------------------
+def event_hooks() -> EventHooks:
+    """The event hooks of the installed plugins (see :class:`EventHooks`)."""
+    global hooks
+    current = hooks
+    if current is None:
+        current = hooks = registry().event_hooks()
+    return current
 
 
-def get_broker(name: str | None = None, **options: Any) -> Broker:
-    """Create the broker registered as ``name``.
+class EventHooks:
+    """The event hooks plugins implement, looked up once; rebuilt when plugins change.
 
-    With no ``name``, ``MICRO_BROKER`` selects it (default ``http``). The
-    address comes from the ``address`` option or, when the broker is the one
-    ``MICRO_BROKER`` selects, from ``MICRO_BROKER_ADDRESS``. Raises
-    :class:`BrokerNotFound` for a name no installed plugin provides.
+    :attr:`publishes` and :attr:`delivers` say whether any plugin observes or
+    wraps publishes and deliveries: with neither, ``Broker.publish`` and
+    ``Broker.subscribe`` run exactly as if the hooks did not exist.
     """
-    env_name = os.environ.get("MICRO_BROKER") or None
-    chosen = name or env_name or DEFAULT_BROKER
-    if options.get("address") is None and chosen == (env_name or DEFAULT_BROKER):
-        env_address = os.environ.get("MICRO_BROKER_ADDRESS")
-        if env_address:
-            options["address"] = env_address
-    elif options.get("address") is None:
-        options.pop("address", None)
-    reg = registry()
-    info = reg.lookup("broker", chosen)
-    broker = _create(info, options)
-    if not isinstance(broker, Broker):
-        raise PluginError(
-            info.distribution,
-            f"broker factory {chosen!r} returned {type(broker).__name__}, not a microbroker.Broker",
-        )
-    broker.name = chosen
-    return reg.instrument(broker)
+
+    __slots__ = ("_hook", "delivers", "publishes")
+
+    def __init__(self, hook: Any) -> None:
+        self._hook = hook
+        self.publishes = bool(hook.on_publish.get_hookimpls() or hook.wrap_publish.get_hookimpls())
+        self.delivers = bool(hook.on_deliver.get_hookimpls() or hook.wrap_handler.get_hookimpls())
+
+    def publisher(self, broker: Any, send: Callable[..., Any]) -> Callable[..., Any]:
+        """``send`` (``async (topic, message, **options)``) under every publish hook."""
+        hook = self._hook
+        publish = send
+        for impl in reversed(hook.wrap_publish.get_hookimpls()):
+            wrapped: Any = _call_impl(impl, broker=broker, publish=publish)
+            if wrapped is not None:
+                publish = wrapped
+        if hook.on_publish.get_hookimpls():
+            inner = publish
+            on_publish = _direct_call(hook.on_publish, ("broker", "topic", "message"))
+
+            async def observed_publish(topic: str, message: Any, **options: Any) -> None:
+                on_publish(broker, topic, message)
+                await inner(topic, message, **options)
+
+            publish = observed_publish
+        return publish
+
+    def handler(self, broker: Any, topic: str, queue: str | None, handler: Handler) -> Handler:
+        """``handler`` under every delivery hook (``on_deliver``, then ``wrap_handler``)."""
+        hook = self._hook
+        if hook.on_deliver.get_hookimpls():
+            inner = handler
+            on_deliver = _direct_call(hook.on_deliver, ("broker", "delivery"))
+
+            async def observed(delivery: Any) -> None:
+                on_deliver(broker, delivery)
+                await inner(delivery)
+
+            handler = observed
+        for impl in reversed(hook.wrap_handler.get_hookimpls()):
+            wrapped: Any = _call_impl(
+                impl, broker=broker, topic=topic, queue=queue, handler=handler
+            )
+            if wrapped is not None:
+                handler = wrapped
+        return handler
 
 
-def _create(info: PluginInfo, options: dict[str, Any]) -> Any:
-    try:
-        return info.target(**options)
-    except TypeError as exc:
-        try:
-            params = inspect.signature(info.target).parameters
-        except (TypeError, ValueError):
-            raise exc from None
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        unknown = [key for key in options if key not in params]
-        if unknown and not takes_any:
-            accepted = [n for n, p in params.items() if p.kind is not p.VAR_POSITIONAL]
-            raise TypeError(
-                f"{info.kind} {info.name!r} (from {info.distribution}) does not take "
-                f"option(s) {', '.join(unknown)}; it takes: {', '.join(accepted)}"
-            ) from exc
-        raise
+# The public functions ------------------------------------------------------------------
 
 
 def available_brokers() -> dict[str, PluginInfo]:
@@ -497,11 +480,6 @@ def plugin_errors() -> list[PluginError]:
     return list(reg.errors)
 
 
-def create(kind: Kind, name: str, **options: Any) -> Any:
-    """Create the client, server or registry registered as ``name``."""
-    return _create(registry().lookup(kind, name), options)
-
-
 def register_plugin(plugin: object, name: str | None = None) -> str:
     """Register a plugin by hand (a module or object with ``@hookimpl`` functions).
 
@@ -516,8 +494,13 @@ def unregister_plugin(plugin: object | str) -> None:
     registry().unregister(plugin)
 
 
-def report_error(error: BaseException, delivery: Delivery | None) -> None:
-    """Hand ``error`` to the ``on_error`` hooks (and the ``microbroker`` logger)."""
+def report_error(error: BaseException, delivery: Any | None) -> None:
+    """Hand ``error`` to the ``on_error`` hooks (and the ``microbroker`` logger).
+
+    ``delivery`` is the :class:`~microbroker.Delivery` the error happened in,
+    or ``None``. Transports call this for what they cannot hand to a caller:
+    a message they had to drop, a connection they lost, a handler that failed.
+    """
     topic = delivery.topic if delivery is not None else None
     logger.warning("error delivering a message on topic %r: %s", topic, error, exc_info=error)
     hook = registry().pm.hook.on_error
