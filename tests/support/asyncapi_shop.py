@@ -15,7 +15,7 @@ import dataclasses
 import enum
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, NotRequired, Optional, TypedDict  # noqa: UP035 - Optional on purpose
+from typing import Any, NotRequired, Optional, TypedDict
 from uuid import UUID
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2

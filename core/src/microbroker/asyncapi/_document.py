@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -26,14 +26,20 @@ HEADERS_SCHEMA = "MicroHeaders"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 _MODULE_PREFIX = re.compile(r"\b(?:[A-Za-z_][A-Za-z0-9_]*\.)+(?=[A-Za-z_])")
 
+
 # Bindings of the protocols that define a queue group on the operation (AsyncAPI's
 # bindings specifications); every broker also gets the x-microbroker-queue field.
-_QUEUE_BINDINGS = {
-    "nats": lambda queue: {"queue": queue, "bindingVersion": "0.1.0"},
-    "kafka": lambda queue: {
-        "groupId": {"type": "string", "enum": [queue]},
-        "bindingVersion": "0.5.0",
-    },
+def _nats_queue(queue: str) -> dict[str, Any]:
+    return {"queue": queue, "bindingVersion": "0.1.0"}
+
+
+def _kafka_queue(queue: str) -> dict[str, Any]:
+    return {"groupId": {"type": "string", "enum": [queue]}, "bindingVersion": "0.5.0"}
+
+
+_QUEUE_BINDINGS: dict[str, Callable[[str], dict[str, Any]]] = {
+    "nats": _nats_queue,
+    "kafka": _kafka_queue,
 }
 
 
@@ -114,9 +120,7 @@ class _Builder:
         if message_id is None:
             message_id = _unique(_message_name(payload_type, content_type), self.messages)
             self._message_ids[key] = message_id
-            self.messages[message_id] = self._message_object(
-                message_id, payload_type, content_type
-            )
+            self.messages[message_id] = self._message_object(message_id, payload_type, content_type)
         self.channels[channel_id]["messages"][message_id] = {
             "$ref": f"#/components/messages/{message_id}"
         }

@@ -202,10 +202,7 @@ class Schemas:
         rest = [arg for arg in args if arg is not type(None)]
         if not rest:
             return {"type": "null"}
-        if len(rest) == 1:
-            schema = self.of(rest[0])
-        else:
-            schema = {"anyOf": [self.of(arg) for arg in rest]}
+        schema = self.of(rest[0]) if len(rest) == 1 else {"anyOf": [self.of(a) for a in rest]}
         if not nullable:
             return schema
         kind = schema.get("type")
@@ -248,7 +245,7 @@ class Schemas:
 
     def _class(self, tp: type) -> Schema:
         if is_protobuf_message_type(tp):
-            return self._proto_message(tp.DESCRIPTOR)
+            return self._proto_message(getattr(tp, "DESCRIPTOR"))  # noqa: B009 - for mypy
         if is_pydantic_model(tp):
             return self._pydantic(tp)
         if issubclass(tp, enum.Enum):
@@ -374,8 +371,11 @@ class Schemas:
             # A recursive model: pydantic writes it in $defs and refers to it from the top.
             name = renames[target[len("#/$defs/") :]]
         else:
-            name = self._unique(_UNSAFE.sub("_", tp.__name__))
-            self.components[name] = _rewrite_refs(generated, renames)
+            name = _UNSAFE.sub("_", tp.__name__)
+            schema = _rewrite_refs(generated, renames)
+            if self.components.get(name) != schema:
+                name = self._unique(name)
+                self.components[name] = schema
         self._names[tp] = name
         return ref(name)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import inspect
 import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -109,17 +111,13 @@ def _parse_words(words: list[str]) -> tuple[bool, str]:
         return False, words[0]
     if words == [_SERVE]:
         usage_error("docs serve needs the service: microbroker docs serve MODULE:SERVICE")
-    usage_error(
-        f"expected MODULE:SERVICE or serve MODULE:SERVICE, not {' '.join(words)!r}"
-    )
+    usage_error(f"expected MODULE:SERVICE or serve MODULE:SERVICE, not {' '.join(words)!r}")
 
 
 # Finding the service -----------------------------------------------------------------
 
 
-def load_service(
-    target: str, *, broker: str | None = None, address: str | None = None
-) -> Service:
+def load_service(target: str, *, broker: str | None = None, address: str | None = None) -> Service:
     """Import ``module:attribute`` (or ``module:factory()``) and return the Service it names.
 
     A target that cannot be found is a usage error (exit 2); a module or
@@ -165,9 +163,7 @@ def _import(module_name: str) -> Any:
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
-            raise CliError(
-                f"no module named {missing!r} in {cwd} or on sys.path", USAGE
-            ) from exc
+            raise CliError(f"no module named {missing!r} in {cwd} or on sys.path", USAGE) from exc
         raise CliError(f"importing {module_name!r} failed: {_one_line(exc)}", FAILED) from exc
     except SystemExit as exc:
         raise CliError(f"importing {module_name!r} exited (code {exc.code})", FAILED) from exc
@@ -241,10 +237,9 @@ def _serve(service: Service, doc: dict[str, Any], host: str, port: int) -> int:
         "/index.html": ("text/html; charset=utf-8", html),
         "/asyncapi.json": ("application/json", body),
     }
-    try:
+    # YAML only when PyYAML is there; the JSON is the document all the same.
+    with contextlib.suppress(ModuleNotFoundError):
         routes["/asyncapi.yaml"] = ("application/yaml; charset=utf-8", to_yaml(doc).encode())
-    except ModuleNotFoundError:
-        pass  # YAML only when PyYAML is there; the JSON is the document all the same.
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "microbroker-docs"
@@ -277,15 +272,19 @@ def _serve(service: Service, doc: dict[str, Any], host: str, port: int) -> int:
             # One line per request only with -v: the URL line must stay easy to read.
             logging.getLogger("microbroker.docs").info(format, *args)
 
+    class Server(ThreadingHTTPServer):
+        # IPv6 when the host is an IPv6 address (--host ::1); http.server is IPv4 only.
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+
     try:
-        httpd = ThreadingHTTPServer((host, port), Handler)
+        httpd = Server((host, port), Handler)
     except OSError as exc:
         raise CliError(
             f"cannot serve on {host}:{port}: {exc.strerror or exc}", UNREACHABLE
         ) from exc
-    httpd.daemon_threads = True
-    bound_host, bound_port = httpd.server_address[:2]
-    shown = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
+    bound_host, bound_port = str(httpd.server_address[0]), int(httpd.server_address[1])
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     url = f"http://{shown}:{bound_port}/"
     print(url, flush=True)
     channels = len(doc.get("channels", {}))
@@ -293,7 +292,7 @@ def _serve(service: Service, doc: dict[str, Any], host: str, port: int) -> int:
         f"serving the AsyncAPI page of {service.name!r} ({channels} channel(s)) at {url}; "
         f"the document is at {url}asyncapi.json; Ctrl-C stops\n"
     )
-    if not _is_loopback(str(bound_host)):
+    if not _is_loopback(bound_host):
         sys.stderr.write(
             f"warning: {host} is not a loopback address: other machines can read this page\n"
         )
