@@ -69,7 +69,11 @@ def test_docs_describes_the_service(shop_json: dict[str, Any]) -> None:
     assert shop_json["asyncapi"] == "3.0.0"
     assert shop_json["info"]["title"] == "shop"
     assert shop_json["servers"] == {
-        "http": {"protocol": "http", "description": "The http broker.", "host": "127.0.0.1:0"}
+        "http": {
+            "host": "127.0.0.1:0",
+            "protocol": "http",
+            "description": "The http broker, on a free port chosen when it connects.",
+        }
     }
     channels = {channel["address"] for channel in shop_json["channels"].values()}
     assert {"orders.placed", "shipments", "orders.paid", "invoices.issued"} <= channels
@@ -120,6 +124,11 @@ def test_docs_output_file_and_info_fields(cli: Cli, tmp_path: Path) -> None:
     assert result.out == ""
     doc = json.loads(out.read_text())
     assert doc["info"] == {"title": "shop", "version": "1.4.0", "description": "The shop."}
+    result = cli.run(
+        "docs", SHOP, "--output", str(tmp_path / "no" / "such" / "dir.json"), cwd=TESTS
+    )
+    assert result.code == 2, result
+    assert "cannot write" in result.err
 
 
 def test_docs_takes_the_broker_from_the_command_line(cli: Cli) -> None:
@@ -178,6 +187,10 @@ def test_docs_finds_the_service_through_factories_and_attributes(
 ) -> None:
     result = cli.run("docs", target, cwd=write_app(tmp_path))
     assert result.code == 0, result
+    # --app-dir: from elsewhere, the same.
+    elsewhere = cli.run("docs", target, "--app-dir", str(tmp_path), cwd=REPO)
+    assert elsewhere.code == 0, elsewhere
+    assert elsewhere.out == result.out
     doc = json.loads(result.out)
     assert doc["info"]["title"] == "made"
     assert doc["operations"]["on_ping"]["summary"] == "Answers pings."
@@ -193,11 +206,11 @@ def test_docs_finds_the_service_through_factories_and_attributes(
         ("app:missing", 2, "module 'app' has no attribute 'missing'"),
         ("app:not_a_service", 2, "app:not_a_service is a builtins.int, not a microbroker.Service"),
         ("app:make_service", 2, "(to call it: app:make_service())"),
-        ("app:broken()", 1, "app:broken() failed: RuntimeError: the database is down"),
-        ("crashes:service", 1, "importing 'crashes' failed: ValueError: bad config"),
+        ("app:broken()", 2, "app:broken() failed: RuntimeError: the database is down"),
+        ("crashes:service", 2, "importing 'crashes' failed: ValueError: bad config"),
         (
             "imports_missing:service",
-            1,
+            2,
             "importing 'imports_missing' failed: ModuleNotFoundError: No module named "
             "'no_such_dependency_xyz'",
         ),

@@ -742,3 +742,53 @@ def test_the_page_embeds_the_document_so_that_no_text_ends_its_script(address: s
     assert json.loads(embedded.group(1)) == doc
     assert html.count("</script>") == 2  # the JSON's and the renderer's, nothing else
     assert "<title>&lt;/script&gt;" in html
+
+
+def test_protobuf_well_known_types_as_their_json_mapping() -> None:
+    from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+
+    F = descriptor_pb2.FieldDescriptorProto
+    pool = descriptor_pool.DescriptorPool()
+    for module in (any_pb2, duration_pb2, struct_pb2, wrappers_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    file = descriptor_pb2.FileDescriptorProto(
+        name="microbroker_tests/known.proto",
+        package="known",
+        syntax="proto3",
+        dependency=[
+            "google/protobuf/any.proto",
+            "google/protobuf/duration.proto",
+            "google/protobuf/struct.proto",
+            "google/protobuf/wrappers.proto",
+        ],
+    )
+    msg = file.message_type.add(name="Job")
+    for number, (name, type_name) in enumerate(
+        [
+            ("timeout", "Duration"),
+            ("retries", "Int64Value"),
+            ("label", "StringValue"),
+            ("settings", "Struct"),
+            ("detail", "Any"),
+            ("anything", "Value"),
+        ],
+        start=1,
+    ):
+        msg.field.add(
+            name=name, number=number, type=F.TYPE_MESSAGE, type_name=f".google.protobuf.{type_name}"
+        )
+    pool.Add(file)
+    job = message_factory.GetMessageClass(pool.FindMessageTypeByName("known.Job"))
+    schemas = Schemas()
+    schemas.of(job)
+    props = schemas.components["known.Job"]["properties"]
+    assert props["timeout"]["type"] == "string"
+    assert re.fullmatch(props["timeout"]["pattern"], "1.5s")
+    assert props["retries"]["type"] == "integer"
+    assert props["retries"]["x-protobuf-type"] == "google.protobuf.Int64Value"
+    assert props["label"]["type"] == "string"
+    assert props["settings"]["type"] == "object"
+    assert props["detail"]["required"] == ["@type"]
+    assert set(props["anything"]) == {"x-protobuf-type", "x-protobuf-number"}
+    # Well-known types are written inline, not as schemas of their own.
+    assert list(schemas.components) == ["known.Job"]

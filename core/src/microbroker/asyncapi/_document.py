@@ -210,8 +210,12 @@ def _servers(service: Service) -> dict[str, Any]:
     # Several seed addresses (nats://a:4222,nats://b:4222) are several servers.
     addresses = [part.strip() for part in (broker.address or "").split(",") if part.strip()]
     for address in addresses or [""]:
-        server: dict[str, Any] = {"protocol": name, "description": f"The {name} broker."}
-        server.update(_host(address) if address else {"host": "localhost"})
+        server: dict[str, Any] = _host(address) if address else {"host": "localhost"}
+        server["protocol"] = name
+        description = f"The {name} broker."
+        if server["host"].endswith(":0"):
+            description = f"The {name} broker, on a free port chosen when it connects."
+        server["description"] = description
         servers[_unique(_identifier(name), servers)] = server
     return servers
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from .._service import Service
 from ..asyncapi import content_security_policy, document, page, to_json, to_yaml
-from ._common import FAILED, OK, UNREACHABLE, USAGE, CliError, usage_error
+from ._common import OK, UNREACHABLE, USAGE, CliError, usage_error
 
 _SERVE = "serve"
 
@@ -65,6 +65,13 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--description", metavar="TEXT", help="the document's info.description")
     parser.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        default=".",
+        help="the directory MODULE is imported from, first on sys.path (default: the current "
+        "directory)",
+    )
+    parser.add_argument(
         "--host",
         metavar="HOST",
         help="serve: the address to listen on (default 127.0.0.1, loopback only)",
@@ -86,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         usage_error("--yaml and --output are options of `docs`, not of `docs serve`")
     if not serving and (args.host is not None or args.port is not None):
         usage_error("--host and --port are options of `docs serve`")
-    service = load_service(target, broker=args.broker, address=args.address)
+    service = load_service(
+        target, app_dir=Path(args.app_dir), broker=args.broker, address=args.address
+    )
     doc = document(service, version=args.info_version, description=args.description)
     if serving:
         return _serve(service, doc, args.host or "127.0.0.1", args.port or 0)
@@ -98,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             Path(args.output).write_text(text, encoding="utf-8")
         except OSError as exc:
-            raise CliError(f"cannot write {args.output}: {exc.strerror or exc}", FAILED) from exc
+            usage_error(f"cannot write {args.output}: {exc.strerror or exc}")
     else:
         sys.stdout.write(text)
     return OK
@@ -117,11 +126,19 @@ def _parse_words(words: list[str]) -> tuple[bool, str]:
 # Finding the service -----------------------------------------------------------------
 
 
-def load_service(target: str, *, broker: str | None = None, address: str | None = None) -> Service:
+def load_service(
+    target: str,
+    *,
+    app_dir: Path | None = None,
+    broker: str | None = None,
+    address: str | None = None,
+) -> Service:
     """Import ``module:attribute`` (or ``module:factory()``) and return the Service it names.
 
-    A target that cannot be found is a usage error (exit 2); a module or
-    factory that raises is a failure (exit 1), reported with its error.
+    ``app_dir`` (default: the current directory) goes first on ``sys.path``.
+    Every failure is a usage error (exit 2), as for ``microbroker run``: a
+    target that is not there, and a module or factory that raises (its error
+    in one line).
     """
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
@@ -136,7 +153,7 @@ def load_service(target: str, *, broker: str | None = None, address: str | None 
     if not all(part.isidentifier() for part in path.split(".")):
         usage_error(f"{attribute!r} is not an attribute name (or a call: name())")
     with _broker_environment(broker, address):
-        module = _import(module_name)
+        module = _import(module_name, (app_dir or Path()).resolve())
         value: Any = module
         for part in path.split("."):
             try:
@@ -153,22 +170,24 @@ def load_service(target: str, *, broker: str | None = None, address: str | None 
     return value
 
 
-def _import(module_name: str) -> Any:
-    # As `python -m` and `microbroker run`: the current directory first.
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+def _import(module_name: str, app_dir: Path) -> Any:
+    if not app_dir.is_dir():
+        usage_error(f"--app-dir {app_dir} is not a directory")
+    # As `python -m` and `microbroker run`: the app's directory first.
+    path = str(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if module_name == missing or module_name.startswith(missing + "."):
-            raise CliError(f"no module named {missing!r} in {cwd} or on sys.path", USAGE) from exc
-        raise CliError(f"importing {module_name!r} failed: {_one_line(exc)}", FAILED) from exc
+            usage_error(f"no module named {missing!r} in {path} or on sys.path")
+        usage_error(f"importing {module_name!r} failed: {_one_line(exc)}")
     except SystemExit as exc:
-        raise CliError(f"importing {module_name!r} exited (code {exc.code})", FAILED) from exc
+        usage_error(f"importing {module_name!r} exited (code {exc.code})")
     except Exception as exc:
-        raise CliError(f"importing {module_name!r} failed: {_one_line(exc)}", FAILED) from exc
+        usage_error(f"importing {module_name!r} failed: {_one_line(exc)}")
 
 
 def _call_factory(factory: Any, target: str) -> Any:
@@ -181,7 +200,7 @@ def _call_factory(factory: Any, target: str) -> Any:
     except CliError:
         raise
     except Exception as exc:
-        raise CliError(f"{target} failed: {_one_line(exc)}", FAILED) from exc
+        usage_error(f"{target} failed: {_one_line(exc)}")
     return value
 
 
