@@ -454,6 +454,12 @@ def test_enums_and_their_use_as_keys() -> None:
     assert schemas.components["Color"]["enum"] == ["red", "green"]
     assert schemas.of(Color) == {"$ref": "#/components/schemas/Color"}
     assert list(schemas.components) == ["Color"]
+    assert schemas.of(dict[Literal["a", "b"], int])["propertyNames"] == {
+        "type": "string",
+        "enum": ["a", "b"],
+    }
+    # JSON keys are strings: an int enum's values cannot name them.
+    assert "propertyNames" not in schemas.of(dict[Size, int])
 
 
 def test_a_recursive_dataclass_refers_to_itself() -> None:

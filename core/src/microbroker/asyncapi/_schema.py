@@ -236,8 +236,12 @@ class Schemas:
         if len(args) == 2:
             schema["additionalProperties"] = self.of(args[1])
             keys = self.of(args[0])
-            if "enum" in keys or "$ref" in keys:
-                # Enum keys: JSON object keys are strings, so name the allowed ones.
+            named = keys
+            if "$ref" in keys:
+                named = self.components.get(keys["$ref"][len(_REF_PREFIX) :], {})
+            # Keys of a string enum (or Literal): name the allowed ones. JSON object keys are
+            # strings, so the keys of an int enum cannot be described this way.
+            if "enum" in named and named.get("type") == "string":
                 schema["propertyNames"] = keys
         return schema
 

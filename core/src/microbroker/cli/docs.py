@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import importlib
 import inspect
-import ipaddress
 import logging
 import os
 import signal
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from .._service import Service
-from ..asyncapi import content_security_policy, document, page, to_json, to_yaml
 from ._common import OK, UNREACHABLE, USAGE, CliError, usage_error
 
 _SERVE = "serve"
@@ -93,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         usage_error("--yaml and --output are options of `docs`, not of `docs serve`")
     if not serving and (args.host is not None or args.port is not None):
         usage_error("--host and --port are options of `docs serve`")
+    # Imported here: the other commands do not pay for what only this one uses.
+    from ..asyncapi import document, to_json, to_yaml
+
     service = load_service(
         target, app_dir=Path(args.app_dir), broker=args.broker, address=args.address
     )
@@ -245,8 +246,9 @@ class _Stop(Exception):
 
 
 def _serve(service: Service, doc: dict[str, Any], host: str, port: int) -> int:
-    # Imported here: the other commands do not pay for an HTTP server they do not use.
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ..asyncapi import content_security_policy, page, to_json, to_yaml
 
     html = page(doc).encode("utf-8")
     body = to_json(doc).encode("utf-8")
@@ -335,6 +337,8 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
