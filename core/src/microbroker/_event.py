@@ -17,7 +17,8 @@ class Event:
     Swapping the broker changes the transport under every Event and nothing else.
     """
 
-    __slots__ = ("client", "content_type", "topic")
+    # __weakref__: a Service remembers its Events weakly (Service.events).
+    __slots__ = ("__weakref__", "client", "content_type", "topic")
 
     def __init__(self, topic: str, client: Client, *, content_type: str | None = None) -> None:
         check_topic(topic)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -57,10 +58,20 @@ class Service:
             )
         )
         self._connected_here = False
+        # The Events this service made, for its AsyncAPI document. Held weakly: an Event
+        # made per publish (``service.event(t).publish(m)``) must not pile up here.
+        self._events: weakref.WeakKeyDictionary[Event, None] = weakref.WeakKeyDictionary()
 
     def event(self, topic: str, *, content_type: str | None = None) -> Event:
         """A typed publisher for ``topic`` (go-micro's ``micro.NewEvent``)."""
-        return Event(topic, self.client, content_type=content_type)
+        event = Event(topic, self.client, content_type=content_type)
+        self._events[event] = None
+        return event
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        """The Events made by :meth:`event` that are still in use, in the order they were made."""
+        return tuple(self._events)
 
     def subscriber(
         self,

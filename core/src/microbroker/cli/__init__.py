@@ -14,12 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bench, call, plugins, publish, subscribe
+from . import bench, call, docs, plugins, publish, subscribe
 from ._common import EXIT_CODES_HELP, INTERRUPTED, USAGE, CliError, add_broker_arguments
 
 __all__ = ["main"]
 
-_COMMANDS = (plugins, publish, subscribe, call, bench)
+_COMMANDS = (plugins, publish, subscribe, call, bench, docs)
 
 
 class _Parser(argparse.ArgumentParser):
