@@ -157,7 +157,7 @@ def test_messages_have_their_content_type(shop: dict[str, Any]) -> None:
     for message in messages.values():
         assert message["headers"] == {"$ref": "#/components/schemas/MicroHeaders"}
     headers = shop["components"]["schemas"]["MicroHeaders"]["properties"]
-    assert set(headers) == {"Content-Type", "Micro-Topic", "Micro-Id"}
+    assert set(headers) == {"Content-Type", "Micro-Topic", "Micro-ID"}
 
 
 def test_dataclass_payloads_nest_by_reference(shop: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 from .. import codecs
 from .._headers import CONTENT_TYPE, ID, TOPIC
-from .._message import Delivery, Message
+from .._delivery import Delivery
+from .._message import Message
 from ._schema import Schema, Schemas, is_protobuf_message_type, ref
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class _Builder:
         if description:
             info["description"] = description
         self.schemas.components[HEADERS_SCHEMA] = _headers_schema()
-        for subscription in service.server.subscriptions:
+        for subscription in service.server.subscribers:
             self._receive(subscription)
         for event in _distinct_events(service.events):
             self._send(event.topic, event.content_type or service.client.content_type)
