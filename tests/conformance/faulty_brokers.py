@@ -6,11 +6,11 @@ each declares the capability it breaks (as a buggy plugin would).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
-from microbroker import Delivery, Handler, Message, Subscriber
+from microbroker import Delivery, Handler, Message, PublishError, Subscriber
 from microbroker.brokers.memory import MemoryBroker
+from microbroker.transport import header_size
 
 
 class DroppingBroker(MemoryBroker):
@@ -20,46 +20,45 @@ class DroppingBroker(MemoryBroker):
         super().__init__(address, **options)
         self._published = 0
 
-    async def publish(self, topic: str, message: Message, **options: Any) -> None:
-        self._check_publish(topic, message)
+    async def send(self, topic: str, message: Message, **options: Any) -> None:
         self._published += 1
         if self._published % 50 == 0:
             return
-        await super().publish(topic, message, **options)
+        await super().send(topic, message, **options)
 
 
 class GroupIgnoringBroker(MemoryBroker):
     """Ignores queue groups: every member gets every message."""
 
-    async def subscribe(
+    async def receive(
         self,
         topic: str,
-        handler: Handler,
+        deliver: Handler,
         *,
-        queue: str | None = None,
-        auto_ack: bool = True,
+        queue: str | None,
+        auto_ack: bool,
         **options: Any,
     ) -> Subscriber:
-        return await super().subscribe(topic, handler, auto_ack=auto_ack, **options)
+        return await super().receive(topic, deliver, queue=None, auto_ack=auto_ack, **options)
 
 
 class HeaderLosingBroker(MemoryBroker):
     """Loses every header on the way."""
 
-    async def publish(self, topic: str, message: Message, **options: Any) -> None:
-        await super().publish(topic, Message(message.body, {}), **options)
+    async def send(self, topic: str, message: Message, **options: Any) -> None:
+        await super().send(topic, Message(message.body, {}), **options)
 
 
 class FakeRedeliveryBroker(MemoryBroker):
     """Declares acknowledgement but never redelivers: nack and handler errors are swallowed."""
 
-    async def subscribe(
+    async def receive(
         self,
         topic: str,
-        handler: Handler,
+        deliver: Handler,
         *,
-        queue: str | None = None,
-        auto_ack: bool = True,
+        queue: str | None,
+        auto_ack: bool,
         **options: Any,
     ) -> Subscriber:
         async def swallow(delivery: Delivery) -> None:
@@ -67,11 +66,62 @@ class FakeRedeliveryBroker(MemoryBroker):
             stand_in = Delivery(
                 delivery.topic, delivery.message, queue=delivery.queue, attempt=delivery.attempt
             )
-            with contextlib.suppress(Exception):
-                await handler(stand_in)
+            await deliver(stand_in)
             await delivery.ack()
 
-        return await super().subscribe(topic, swallow, queue=queue, auto_ack=auto_ack, **options)
+        return await super().receive(topic, swallow, queue=queue, auto_ack=auto_ack, **options)
+
+
+class EndlessRedeliveryBroker(MemoryBroker):
+    """Gives a rejected message back instead of forgetting it: a poison message loops for ever."""
+
+    async def receive(
+        self,
+        topic: str,
+        deliver: Handler,
+        *,
+        queue: str | None,
+        auto_ack: bool,
+        **options: Any,
+    ) -> Subscriber:
+        async def rejecting_is_nacking(delivery: Delivery) -> None:
+            await deliver(_RejectNacks(delivery))
+
+        return await super().receive(
+            topic, rejecting_is_nacking, queue=queue, auto_ack=auto_ack, **options
+        )
+
+
+class _RejectNacks(Delivery):
+    """A transport's delivery whose on_reject asks for redelivery (the bug)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Delivery) -> None:
+        super().__init__(inner.topic, inner.message, queue=inner.queue, attempt=inner.attempt)
+        self._inner = inner
+
+    async def on_ack(self) -> None:
+        await self._inner.ack()
+
+    async def on_nack(self, delay: float) -> None:
+        await self._inner.nack(delay=delay)
+
+    async def on_reject(self) -> None:
+        await self._inner.nack(delay=0.01)
+
+
+class FramingOverflowBroker(MemoryBroker):
+    """Declares 1 MiB but its framing does not fit: messages near the limit fail to send."""
+
+    def __init__(self, address: str | None = None, **options: Any) -> None:
+        super().__init__(address, max_message_size=1024 * 1024, **options)
+
+    async def send(self, topic: str, message: Message, **options: Any) -> None:
+        # The wire adds a 512-byte frame the declaration forgot (NATS's header block, say).
+        if len(message.body) + header_size(message.headers) + 512 > 1024 * 1024:
+            raise PublishError(f"the message on {topic!r} is larger than the server's limit")
+        await super().send(topic, message, **options)
 
 
 FAULTY = {
@@ -85,4 +135,6 @@ FAULTY = {
         "test_nack_leads_to_redelivery",
         "test_handler_exception_leads_to_redelivery",
     ],
+    EndlessRedeliveryBroker: ["test_a_poison_message_is_given_up_by_default"],
+    FramingOverflowBroker: ["test_round_trip_headers_and_binary_bodies"],
 }

@@ -18,3 +18,26 @@ class TestMemoryConformance(BrokerConformance):
         # One bus per case, shared by the brokers of that case (as one server would be).
         address = f"conformance-{next(_addresses)}"
         return lambda: microbroker.get_broker("memory", address=address)
+
+
+class TestSmallMessagesConformance(BrokerConformance):
+    """A broker that carries only small messages (4 KiB, as PostgreSQL's NOTIFY nearly does)
+    passes the suite honestly: the suite sends nothing larger than the broker declares."""
+
+    @pytest.fixture
+    def broker_factory(self) -> microbroker.conformance.BrokerFactory:
+        address = f"conformance-small-{next(_addresses)}"
+        return lambda: microbroker.get_broker("memory", address=address, max_message_size=4096)
+
+
+class TestSmallestMessagesConformance(BrokerConformance):
+    """At the smallest limit the suite accepts (MIN_MESSAGE_SIZE) every case still fits."""
+
+    @pytest.fixture
+    def broker_factory(self) -> microbroker.conformance.BrokerFactory:
+        from microbroker.conformance import MIN_MESSAGE_SIZE
+
+        address = f"conformance-smallest-{next(_addresses)}"
+        return lambda: microbroker.get_broker(
+            "memory", address=address, max_message_size=MIN_MESSAGE_SIZE
+        )

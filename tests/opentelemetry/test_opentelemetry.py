@@ -132,9 +132,7 @@ async def test_what_a_handler_publishes_joins_the_trace(recorded: Recorded) -> N
 async def test_a_failing_handler_marks_its_span_and_the_redelivery_is_traced(
     recorded: Recorded,
 ) -> None:
-    broker = microbroker.get_broker(
-        "memory", address=f"otel-{uuid.uuid4().hex}", redelivery_delay=0.001
-    )
+    broker = microbroker.get_broker("memory", address=f"otel-{uuid.uuid4().hex}")
     attempts: list[int] = []
     done = asyncio.Event()
 

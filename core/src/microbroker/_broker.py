@@ -270,7 +270,12 @@ class Broker(abc.ABC):
         hooks = _plugins.event_hooks()
         if hooks.delivers:
             handler = hooks.handler(self, topic, queue, handler)
-        contract = _Contract(self, retry or DEFAULT_RETRY, explicit=retry is not None)
+        contract = _Contract(
+            self.publish,
+            retry or DEFAULT_RETRY,
+            redelivers=self.capabilities.ack,
+            explicit=retry is not None,
+        )
         deliver = dispatcher(handler, auto_ack, contract)
         if max_concurrency > 1:
             deliver = concurrently(deliver, max_concurrency)

@@ -10,16 +10,26 @@ same way for every broker.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 from ._errors import DecodeError, GivenUp
-from ._headers import CONTENT_TYPE
+from ._headers import (
+    ATTEMPTS,
+    CONTENT_TYPE,
+    ERROR,
+    ERROR_TYPE,
+    ID,
+    ORIGINAL_ID,
+    ORIGINAL_TOPIC,
+    new_message_id,
+    one_line,
+)
 from ._message import Message
 from ._plugins import report_error
-from ._retry import RetryPolicy, dead_letter_message
+from ._retry import RetryPolicy
 
-if TYPE_CHECKING:
-    from ._broker import Broker
+Publish = Callable[[str, Message], Awaitable[None]]
 
 
 class Settlement(enum.IntEnum):
@@ -226,14 +236,17 @@ class _Contract:
     Made by ``Broker.subscribe``; a transport never sees it.
     """
 
-    __slots__ = ("broker", "in_process", "max_attempts", "policy", "redelivers")
+    __slots__ = ("in_process", "max_attempts", "policy", "publish", "redelivers")
 
-    def __init__(self, broker: Broker, policy: RetryPolicy, *, explicit: bool) -> None:
-        self.broker = broker
+    def __init__(
+        self, publish: Publish, policy: RetryPolicy, *, redelivers: bool, explicit: bool
+    ) -> None:
+        #: The broker's publish, for the dead letters.
+        self.publish = publish
         self.policy = policy
         self.max_attempts = policy.max_attempts
         #: The broker delivers a nacked message again (``capabilities.ack``).
-        self.redelivers = broker.capabilities.ack
+        self.redelivers = redelivers
         #: Failed attempts are retried in this process: a broker that cannot redeliver,
         #: and a subscription that asked for retries.
         self.in_process = not self.redelivers and explicit and policy.max_attempts > 1
@@ -276,7 +289,7 @@ class _Contract:
         failure: Exception | None = None
         if intended is not None:
             try:
-                await self.broker.publish(intended, dead_letter_message(delivery, error))
+                await self.publish(intended, dead_letter_message(delivery, error))
                 dead_letter = intended
             except Exception as exc:
                 failure = exc
@@ -295,3 +308,32 @@ class _Contract:
                     ),
                     delivery,
                 )
+
+
+def dead_letter_message(delivery: Delivery, error: BaseException | None) -> Message:
+    """The dead letter of ``delivery``: its body and headers, plus why and after how many tries.
+
+    It has a ``Micro-ID`` of its own (a broker that de-duplicates by id, as
+    JetStream does, would otherwise take it for the original and drop it); the
+    original's id travels in ``Micro-Original-ID``.
+    """
+    original = delivery.message
+    headers: dict[str, str] = {}
+    original_id = None
+    folded_id = ID.casefold()
+    for name, value in original.headers.items():
+        if name.casefold() == folded_id:
+            original_id = value
+        else:
+            headers[name] = value
+    headers[ID] = new_message_id()
+    if original_id is not None:
+        headers[ORIGINAL_ID] = original_id
+    headers[ORIGINAL_TOPIC] = delivery.topic
+    if error is not None:
+        headers[ERROR] = one_line(str(error) or type(error).__name__)
+        headers[ERROR_TYPE] = f"{type(error).__module__}.{type(error).__qualname__}"
+    else:
+        headers[ERROR] = "rejected"
+    headers[ATTEMPTS] = str(delivery.attempt)
+    return Message(original.body, headers)

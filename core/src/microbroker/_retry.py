@@ -4,7 +4,7 @@ A :class:`RetryPolicy` says how often a failing message is delivered again and
 how long to wait in between; when the attempts are used up the message is
 *given up*: published whole on the dead-letter topic (``<topic>.dlq`` by
 default) with why and after how many attempts, and rejected on the transport
-so that it is never delivered again. Every subscription has a policy, the
+so that it is never delivered again (see ``_delivery``). Every subscription has a policy, the
 default one (:data:`DEFAULT_RETRY`) unless it names its own: a poison message
 never loops for ever.
 """
@@ -12,22 +12,7 @@ never loops for ever.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
-
-from ._headers import (
-    ATTEMPTS,
-    ERROR,
-    ERROR_TYPE,
-    ID,
-    ORIGINAL_ID,
-    ORIGINAL_TOPIC,
-    new_message_id,
-    one_line,
-)
-from ._message import Message
-
-if TYPE_CHECKING:
-    from ._delivery import Delivery
+from typing import Final
 
 _DEFAULT_DLQ: Final = "<topic>.dlq"
 
@@ -95,32 +80,3 @@ class RetryPolicy:
 
 DEFAULT_RETRY: Final = RetryPolicy()
 """The policy of a subscription that names none: 5 deliveries, then ``<topic>.dlq``."""
-
-
-def dead_letter_message(delivery: Delivery, error: BaseException | None) -> Message:
-    """The dead letter of ``delivery``: its body and headers, plus why and after how many tries.
-
-    It has a ``Micro-ID`` of its own (a broker that de-duplicates by id, as
-    JetStream does, would otherwise take it for the original and drop it); the
-    original's id travels in ``Micro-Original-ID``.
-    """
-    original = delivery.message
-    headers: dict[str, str] = {}
-    original_id = None
-    folded_id = ID.casefold()
-    for name, value in original.headers.items():
-        if name.casefold() == folded_id:
-            original_id = value
-        else:
-            headers[name] = value
-    headers[ID] = new_message_id()
-    if original_id is not None:
-        headers[ORIGINAL_ID] = original_id
-    headers[ORIGINAL_TOPIC] = delivery.topic
-    if error is not None:
-        headers[ERROR] = one_line(str(error) or type(error).__name__)
-        headers[ERROR_TYPE] = f"{type(error).__module__}.{type(error).__qualname__}"
-    else:
-        headers[ERROR] = "rejected"
-    headers[ATTEMPTS] = str(delivery.attempt)
-    return Message(original.body, headers)

@@ -22,7 +22,7 @@ event hooks, the retry policy). What a transport composes from here:
 """
 
 from ._broker import Broker, Capabilities, Handler, Subscriber
-from ._delivery import Delivery, Settlement
+from ._delivery import Delivery, Settlement, dead_letter_message
 from ._errors import (
     GivenUp,
     InvalidHeader,
@@ -51,7 +51,8 @@ from ._headers import (
 from ._mailbox import Flow, Mailbox, Overflow
 from ._message import Message
 from ._plugins import report_error
-from ._retry import DEFAULT_RETRY, RetryPolicy, backoff, dead_letter_message
+from ._retry import DEFAULT_RETRY, RetryPolicy, backoff
+from ._rpc import RequestReply, Responder
 from ._topics import Wildcards, check_topic
 
 __all__ = [
@@ -80,6 +81,8 @@ __all__ = [
     "NotConnected",
     "Overflow",
     "PublishError",
+    "RequestReply",
+    "Responder",
     "RetryPolicy",
     "Settlement",
     "Subscriber",

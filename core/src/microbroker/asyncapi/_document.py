@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .. import codecs
-from .._headers import CONTENT_TYPE, ID, TOPIC
 from .._delivery import Delivery
+from .._headers import CONTENT_TYPE, ID, TOPIC
 from .._message import Message
 from ._schema import Schema, Schemas, is_protobuf_message_type, ref
 

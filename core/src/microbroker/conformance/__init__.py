@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._harness import BrokerFactory, ErrorCatcher, Harness, Inbox, RestartServer
-    from ._suite import BrokerConformance
+    from ._suite import MIN_MESSAGE_SIZE, BrokerConformance
 
 __all__ = [
+    "MIN_MESSAGE_SIZE",
     "BrokerConformance",
     "BrokerFactory",
     "ErrorCatcher",
@@ -53,4 +54,4 @@ def __getattr__(name: str) -> Any:
         if exc.name == "pytest":
             raise ModuleNotFoundError(INSTALL_HINT, name="pytest") from exc
         raise
-    return getattr(_suite if name == "BrokerConformance" else _harness, name)
+    return getattr(_suite if hasattr(_suite, name) else _harness, name)

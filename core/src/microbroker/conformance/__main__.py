@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
 
-    from .. import BrokerNotFound, PluginError, get_broker
+    from .._errors import BrokerNotFound, PluginError
+    from .._selection import get_broker
 
     try:  # fail fast, and clearly, on a name that is not installed
         get_broker(args.broker, **({"address": args.address} if args.address else {}))

@@ -1,47 +1,87 @@
-"""The broker: replace the in-process channel below with your transport's client.
+"""The broker: replace the in-process "server" below with your transport's client.
 
-What a broker must do, and where this one does it:
+A broker implements five things and the core does the rest (argument and
+header checks, the size limit, the plugins' event hooks, retries and dead
+letters, the same for every broker):
 
-- ``connect`` / ``disconnect``: open and close the client; ``connected`` says which.
-- ``publish``: ``self._check_publish`` first (standard errors), then hand the
-  headers and body to the transport.
-- ``subscribe``: ``self._check_subscribe`` first; for each incoming message make
-  a :class:`microbroker.Delivery` (subclassed to settle on the transport) and
-  call :func:`microbroker.dispatch`, which applies ``auto_ack`` and turns a
-  handler exception into a nack the same way for every broker.
-- ``capabilities``: declare only what you deliver; the conformance suite
-  holds you to it.
+- ``connected``, ``connect()``, ``disconnect()``: open and close the client;
+- ``send(topic, message)``: hand the headers and body to the transport;
+- ``receive(topic, deliver, queue=..., auto_ack=...)``: start the transport's
+  subscription, and for each incoming message build a :class:`Delivery`
+  (subclassed with the transport hooks ``on_ack``, ``on_nack``, ``on_reject``)
+  and ``await deliver(delivery)``.
+
+The toolkit it is built on is :mod:`microbroker.transport`: a per-subscription
+:class:`~microbroker.transport.Mailbox` (queue, worker and overflow rule), the
+``Delivery`` base, the retry policy, header names and checks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections import defaultdict
 from typing import Any
 
-import microbroker
-from microbroker import Capabilities, Delivery, Handler, Message, Subscriber
+from microbroker.transport import (
+    Broker,
+    Capabilities,
+    Delivery,
+    Handler,
+    Mailbox,
+    Message,
+    NotConnected,
+    Overflow,
+    Subscriber,
+)
 
 from .options import TemplateOptions
 
-# The "server": every TemplateBroker in the process shares these channels.
-_channels: dict[str, list[_TemplateSubscriber]] = defaultdict(list)
-_round_robin = itertools.count()
+
+class _Server:
+    """Stands for the transport's server: every TemplateBroker of the process shares it."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, list[TemplateSubscriber]] = defaultdict(list)
+        self._turn = itertools.count()
+
+    def join(self, subscriber: TemplateSubscriber) -> None:
+        self._topics[subscriber.topic].append(subscriber)
+
+    def leave(self, subscriber: TemplateSubscriber) -> None:
+        members = self._topics.get(subscriber.topic, [])
+        if subscriber in members:
+            members.remove(subscriber)
+
+    def members(self, topic: str, queue: str) -> list[TemplateSubscriber]:
+        return [s for s in self._topics.get(topic, []) if s.queue == queue and s.active]
+
+    async def route(self, topic: str, message: Message) -> None:
+        """Every broadcast subscriber gets the message, and one member of each queue group."""
+        groups: dict[str, list[TemplateSubscriber]] = defaultdict(list)
+        for subscriber in list(self._topics.get(topic, [])):
+            if subscriber.queue is None:
+                await subscriber.put(message, 1)
+            else:
+                groups[subscriber.queue].append(subscriber)
+        for members in groups.values():
+            await members[next(self._turn) % len(members)].put(message, 1)
 
 
-class TemplateBroker(microbroker.Broker):
+_SERVER = _Server()
+
+
+class TemplateBroker(Broker):
     """An in-process broker: broadcast, queue groups, ack and redelivery."""
 
     name = "template"
     capabilities = Capabilities(queue_groups=True, ack=True, at_least_once=True, ordering=True)
 
-    def __init__(self, address: str | None = None, *, redelivery_delay: float = 0.01) -> None:
-        super().__init__(address, redelivery_delay=redelivery_delay)
-        self.settings = TemplateOptions(redelivery_delay=redelivery_delay)
+    def __init__(self, address: str | None = None, **options: Any) -> None:
+        self.settings = TemplateOptions.from_options(options)
+        super().__init__(address, **self.settings.as_dict())
         self._connected = False
-        self._subscribers: set[_TemplateSubscriber] = set()
+        self._subscribers: set[TemplateSubscriber] = set()
 
     @property
     def connected(self) -> bool:
@@ -51,89 +91,111 @@ class TemplateBroker(microbroker.Broker):
         self._connected = True
 
     async def disconnect(self) -> None:
+        """Every subscription ends after its running handler, and what it held goes back."""
         self._connected = False
-        for subscriber in list(self._subscribers):
-            await subscriber.unsubscribe()
+        await asyncio.gather(*(s.unsubscribe() for s in list(self._subscribers)))
 
-    async def publish(self, topic: str, message: Message, **options: Any) -> None:
-        self._check_publish(topic, message)
-        subscribers = _channels.get(topic, [])
-        groups: dict[str, list[_TemplateSubscriber]] = defaultdict(list)
-        for subscriber in subscribers:
-            if subscriber.queue is None:
-                subscriber.enqueue(message, 1)
-            else:
-                groups[subscriber.queue].append(subscriber)
-        for members in groups.values():
-            members[next(_round_robin) % len(members)].enqueue(message, 1)
+    async def send(self, topic: str, message: Message, **options: Any) -> None:
+        if options:
+            raise TypeError(f"template publish() takes no option(s) {', '.join(options)}")
+        if not self._connected:  # disconnected before this publish got its turn
+            raise NotConnected("the template broker is not connected")
+        # A real transport writes the headers and body to its connection here. The copy
+        # stands for that: what the subscriber gets is not the publisher's object.
+        await _SERVER.route(topic, Message(bytes(message.body), dict(message.headers)))
 
-    async def subscribe(
+    async def receive(
         self,
         topic: str,
-        handler: Handler,
+        deliver: Handler,
         *,
-        queue: str | None = None,
-        auto_ack: bool = True,
+        queue: str | None,
+        auto_ack: bool,
         **options: Any,
     ) -> Subscriber:
-        self._check_subscribe(topic)
-        subscriber = _TemplateSubscriber(self, topic, handler, queue, auto_ack)
-        _channels[topic].append(subscriber)
+        if options:
+            raise TypeError(f"template subscribe() takes no option(s) {', '.join(options)}")
+        subscriber = TemplateSubscriber(self, topic, deliver, queue, auto_ack)
+        _SERVER.join(subscriber)
         self._subscribers.add(subscriber)
         return subscriber
 
+    def forget(self, subscriber: TemplateSubscriber) -> None:
+        """Called by a subscription that ended."""
+        self._subscribers.discard(subscriber)
 
-class _TemplateDelivery(Delivery):
-    """A Delivery that knows how to settle on the transport: here, requeue on nack."""
+
+class TemplateDelivery(Delivery):
+    """A delivery that knows how to settle on the transport: here, requeue on nack."""
 
     __slots__ = ("_subscriber",)
 
-    def __init__(self, subscriber: _TemplateSubscriber, message: Message, attempt: int) -> None:
+    # Ack tells this transport nothing: the dispatcher then records it without awaiting.
+    acks_locally = True
+
+    def __init__(self, subscriber: TemplateSubscriber, message: Message, attempt: int) -> None:
         super().__init__(subscriber.topic, message, queue=subscriber.queue, attempt=attempt)
         self._subscriber = subscriber
 
-    async def _settle_nack(self, delay: float | None) -> None:
-        wait = self._subscriber.broker.settings.redelivery_delay if delay is None else delay
+    async def on_nack(self, delay: float) -> None:
+        # ``delay`` follows the subscription's retry policy; the core gives up, not us.
         asyncio.get_running_loop().call_later(
-            wait, self._subscriber.enqueue, self.message, self.attempt + 1
+            delay, self._subscriber.redeliver, self.message, self.attempt + 1
         )
 
 
-class _TemplateSubscriber(Subscriber):
+class TemplateSubscriber(Subscriber):
+    """One subscription: a mailbox (bounded queue and worker) in front of ``deliver``."""
+
     def __init__(
         self,
         broker: TemplateBroker,
         topic: str,
-        handler: Handler,
+        deliver: Handler,
         queue: str | None,
         auto_ack: bool,
     ) -> None:
         super().__init__(topic, queue, auto_ack)
-        self.broker = broker
-        self._handler = handler
-        self._inbox: asyncio.Queue[tuple[Message, int]] = asyncio.Queue()
-        self._task = asyncio.create_task(self._run())
+        self._broker = broker
+        self._deliver = deliver
+        # BLOCK: a publish to a full subscription waits for room (up to publish_timeout).
+        self._mailbox: Mailbox[tuple[Message, int]] = Mailbox(
+            self._handle,
+            capacity=broker.settings.max_pending,
+            overflow=Overflow.BLOCK,
+            put_timeout=broker.settings.publish_timeout,
+            name=f"template subscription to {topic!r}",
+        )
 
     @property
     def active(self) -> bool:
-        return not self._task.done()
+        return not self._mailbox.closed
 
-    def enqueue(self, message: Message, attempt: int) -> None:
-        if self.active:
-            self._inbox.put_nowait((Message(message.body, dict(message.headers)), attempt))
+    async def _handle(self, item: tuple[Message, int]) -> None:
+        message, attempt = item
+        await self._deliver(TemplateDelivery(self, message, attempt))
 
-    async def _run(self) -> None:
-        while True:
-            message, attempt = await self._inbox.get()
-            await microbroker.dispatch(
-                self._handler, _TemplateDelivery(self, message, attempt), self.auto_ack
-            )
+    async def put(self, message: Message, attempt: int) -> None:
+        """A new message from the server; waits while the mailbox is full."""
+        if not await self._mailbox.put((message, attempt)):
+            self._hand_back(message, attempt)
+
+    def redeliver(self, message: Message, attempt: int) -> None:
+        """A message accepted before (nacked, or handed back): taken at once."""
+        if not self._mailbox.offer((message, attempt)):
+            self._hand_back(message, attempt)
+
+    def _hand_back(self, message: Message, attempt: int) -> None:
+        """This subscription ended: a queue group's message goes to another member."""
+        if self.queue is not None:
+            members = _SERVER.members(self.topic, self.queue)
+            if members:
+                members[0].redeliver(message, attempt)
 
     async def unsubscribe(self) -> None:
-        if self in _channels.get(self.topic, []):
-            _channels[self.topic].remove(self)
-        self.broker._subscribers.discard(self)
-        if self._task is not asyncio.current_task():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._mailbox.closed:
+            return
+        _SERVER.leave(self)
+        self._broker.forget(self)
+        for message, attempt in await self._mailbox.close():
+            self._hand_back(message, attempt)
