@@ -1,4 +1,4 @@
-"""The ``microbroker`` command line: list plugins, publish, subscribe, call services, benchmark.
+"""The ``microbroker`` command line: plugins, publish, subscribe, call, run services, bench.
 
 Every command selects its broker like an application does (``MICRO_BROKER``,
 ``MICRO_BROKER_ADDRESS``), or with ``--broker`` / ``--address`` /
@@ -14,12 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bench, call, plugins, publish, subscribe
+from . import bench, call, plugins, publish, run, subscribe
 from ._common import EXIT_CODES_HELP, INTERRUPTED, USAGE, CliError, add_broker_arguments
 
 __all__ = ["main"]
 
-_COMMANDS = (plugins, publish, subscribe, call, bench)
+_COMMANDS = (plugins, publish, subscribe, call, run, bench)
 
 
 class _Parser(argparse.ArgumentParser):
