@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import textwrap
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ async def on_job(job: dict) -> None:
     if job.get("slow"):
         # Long enough for a test to signal the worker while this handler runs.
         os.write(1, f"started {{job['n']}} {{os.getpid()}}\\n".encode())
-        await asyncio.sleep(3)
+        await asyncio.sleep(job["slow"])
     await asyncio.sleep(0.002)
     # One write, so that the lines of several workers sharing one pipe never mix.
     os.write(1, f"handled {{job['n']}} {{os.getpid()}}\\n".encode())
@@ -74,22 +75,25 @@ PUBLISHER = """\
 import asyncio
 import os
 import signal
+import socket
 import sys
 
 import microbroker
 
 
-async def main(count: int, window: int, slow: int) -> None:
+async def main(count: int, window: int, slow: int, seconds: int) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    service = microbroker.Service("publisher")
+    # Messages still unconfirmed when it stops are not waited for long: the test is over.
+    broker = microbroker.get_broker(drain_timeout=1)
+    service = microbroker.Service("publisher", broker=broker)
     jobs = service.event("jobs")
     slots = asyncio.Semaphore(window)
 
     async def one(n: int) -> None:
         try:
-            async with asyncio.timeout(10):
-                await jobs.publish({"n": n, "slow": n == slow}, confirm=True)
+            async with asyncio.timeout(5):
+                await jobs.publish({"n": n, "slow": seconds if n == slow else 0}, confirm=True)
         except Exception as exc:
             os.write(1, f"failed {n} {type(exc).__name__}\\n".encode())
         else:
@@ -109,7 +113,7 @@ async def main(count: int, window: int, slow: int) -> None:
     os.write(1, b"done\\n")
 
 
-asyncio.run(main(*(int(arg) for arg in sys.argv[1:4])))
+asyncio.run(main(*(int(arg) for arg in sys.argv[1:5])))
 """
 
 READY = re.compile(r"worker (\d+) \(pid (\d+)\) ready")
@@ -159,10 +163,12 @@ def publish(
     *,
     window: int = 8,
     slow: int = -1,
+    seconds: int = 3,
 ) -> Background:
     """Publish messages 0..count-1 (until SIGTERM), ``window`` at a time; message ``slow``
-    takes its handler 3 s."""
-    proc = cli.start_python("publisher.py", str(count), str(window), str(slow), cwd=app_dir)
+    takes its handler ``seconds``."""
+    argv = [str(arg) for arg in (count, window, slow, seconds)]
+    proc = cli.start_python("publisher.py", *argv, cwd=app_dir)
     background.append(proc)
     return proc
 
@@ -218,7 +224,12 @@ def test_two_workers_share_a_queue_group(
     assert set(by_pid) == pids, by_pid  # both workers got some
     assert all(count > 0 for count in by_pid.values())
 
-    assert stop(run) == 0, run.stderr
+    # The workers are in a process group of their own: a Ctrl-C in a terminal reaches
+    # the supervisor alone, which forwards it once.
+    assert all(os.getpgid(pid) == pid != os.getpgid(run.proc.pid) for pid in pids)
+    assert stop(run, signal.SIGINT) == 0, run.stderr
+    assert "SIGINT received: stopping the workers gracefully" in run.stderr
+    assert run.stderr.count("SIGTERM received: stopping gracefully") == 2  # in each worker
     assert "all workers stopped" in run.stderr
     assert all(gone(pid) for pid in pids)
 
@@ -245,6 +256,25 @@ def test_sigterm_to_the_supervisor_mid_stream_loses_no_confirmed_message(
     # A graceful stop finishes and acks what runs, and hands back (nacks) what it has not
     # started: nothing handled twice.
     assert max(seen.values()) == 1, [n for n, c in seen.items() if c > 1]
+
+
+@pytest.mark.slow
+def test_a_second_signal_kills_the_workers_at_once(
+    cli: Cli, background: list[Background], app_dir: Path
+) -> None:
+    run = start_run(cli, background, app_dir, "app:service", "--workers", "2", workers=2)
+    pids = set(ready_workers(run).values())
+    publisher = publish(cli, background, app_dir, 5000, slow=50, seconds=60)
+    run.wait_stdout("started 50 ")
+    run.proc.send_signal(signal.SIGTERM)
+    run.wait_stderr("service 'jobs' stopping")  # draining, held up by the slow handler
+    assert stop(run) == 130, run.stderr
+    assert "SIGTERM received again: killing the workers" in run.stderr
+    assert "was killed by SIGKILL" in run.stderr
+    assert all(gone(pid) for pid in pids)
+    assert "handled 50 " not in run.stdout
+    assert stop(publisher) == 0, publisher.stderr
+    assert 50 not in confirmed(publisher)
 
 
 @pytest.mark.slow
@@ -314,13 +344,34 @@ def test_a_worker_that_keeps_dying_makes_the_supervisor_give_up(
     cli: Cli, background: list[Background], app_dir: Path
 ) -> None:
     run = start_run(
-        cli, background, app_dir, "app:crashing_soon()", "--workers", "1", "--max-restarts", "1"
+        cli, background, app_dir, "app:crashing_soon()", "--workers", "1", "--max-restarts", "2"
     )
     assert run.finish(timeout=60) == 1, run.stderr
-    assert "worker 1" in run.stderr
-    assert "exited with code 3 unexpectedly" in run.stderr
+    assert run.stderr.count("exited with code 3 unexpectedly") == 3
+    assert run.stderr.count(" ready") == 3
+    # The backoff doubles.
     assert "restarting worker 1 in 0.5s" in run.stderr
-    assert "worker 1 died 2 times within 60s: giving up (--max-restarts 1)" in run.stderr
+    assert "restarting worker 1 in 1s" in run.stderr
+    assert "worker 1 died 3 times within 60s: giving up (--max-restarts 2)" in run.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_that_does_not_drain_in_time_is_killed(
+    cli: Cli, background: list[Background], app_dir: Path
+) -> None:
+    run = start_run(
+        cli, background, app_dir, "app:service", "--workers", "1", "--graceful-timeout", "1"
+    )
+    run.wait_for(lambda: len(ready_workers(run)) == 1, "the worker ready")
+    publisher = publish(cli, background, app_dir, 5000, slow=0, seconds=60)
+    run.wait_stdout("started 0 ")
+    assert stop(run) == 1, run.stderr
+    pid = ready_workers(run)[1]
+    assert f"worker 1 (pid {pid}) did not stop within 1s: killing it" in run.stderr
+    assert f"worker 1 (pid {pid}) was killed by SIGKILL" in run.stderr
+    assert "not every worker stopped cleanly" in run.stderr
+    assert gone(pid)
+    assert stop(publisher) == 0, publisher.stderr
 
 
 @pytest.mark.slow
@@ -366,7 +417,10 @@ def test_reload_serves_the_changed_code(
     assert second != first
     # New first, then the old one drains and exits.
     assert "app.py changed: starting new workers" in run.stderr
-    assert f"worker 1 (pid {first}) exited with code 0" in run.stderr
+    log = run.stderr
+    assert log.index(f"worker 1 (pid {second}) ready") < log.index(
+        f"worker 1 (pid {first}) exited with code 0"
+    )
     assert gone(first)
     assert call_version(cli) == {"version": 2, "pid": second}
 
@@ -422,6 +476,24 @@ def test_log_level_warning_hides_the_start_up_lines(
     assert call_version(cli)["version"] == 1  # it serves
     assert stop(run) == 0, run.stderr
     assert run.stderr == ""
+
+
+@pytest.mark.slow
+def test_a_second_signal_cuts_the_drain_short(
+    cli: Cli, background: list[Background], app_dir: Path
+) -> None:
+    run = start_run(cli, background, app_dir, "app:service")
+    run.wait_stderr("service 'jobs' started")
+    publisher = publish(cli, background, app_dir, 5000, slow=0, seconds=60)
+    run.wait_stdout("started 0 ")
+    run.proc.send_signal(signal.SIGTERM)
+    run.wait_stderr("service 'jobs' stopping")  # waiting for the slow handler
+    assert stop(run) == 130, run.stderr
+    assert "SIGTERM received again: stopping at once" in run.stderr
+    assert "microbroker run: error: interrupted: stopped before the drain was over" in run.stderr
+    assert "handled 0 " not in run.stdout
+    assert stop(publisher) == 0, publisher.stderr
+    assert 0 not in confirmed(publisher)
 
 
 def test_a_factory_is_called(cli: Cli, background: list[Background], app_dir: Path) -> None:
@@ -507,3 +579,43 @@ def test_broker_the_app_chose_itself_is_not_overridden_silently(cli: Cli, app_di
     assert "--broker http: service 'fixed' uses the memory broker it was given in the app" in (
         result.err
     )
+
+
+def test_an_unreachable_broker_exits_3(cli: Cli, app_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = cli.run("run", "app:service", "--address", address, cwd=app_dir)
+    assert result.code == 3, result
+    assert f"cannot connect to the http broker at {address}" in result.err
+
+
+def test_a_fixed_http_port_cannot_serve_two_workers(cli: Cli, app_dir: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    # The first worker listens there; the second cannot, and the supervisor stops.
+    result = cli.run("run", "app:service", "--workers", "2", "--address", address, cwd=app_dir)
+    assert result.code == 3, result
+    assert "address already in use" in result.err
+    assert "exited with code 3 before it was ready" in result.err
+
+
+def test_a_service_that_does_not_start_exits_1(cli: Cli, app_dir: Path) -> None:
+    (app_dir / "failing.py").write_text(
+        textwrap.dedent(
+            """\
+            import microbroker
+
+            class Failing(microbroker.Service):
+                async def start(self) -> None:
+                    raise RuntimeError("no database")
+
+            service = Failing("failing")
+            """
+        )
+    )
+    result = cli.run("run", "failing:service", cwd=app_dir)
+    assert result.code == 1, result
+    assert "microbroker run: error: service 'failing' did not start: no database" in result.err

@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``microbroker`` and its commands."""
     parser = _Parser(
         prog="microbroker",
-        description="Publish, subscribe, call services and benchmark through any "
-        "installed microbroker broker.",
+        description="Publish, subscribe, call and run services, and benchmark, through "
+        "any installed microbroker broker.",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -211,7 +211,9 @@ class Supervisor:
     async def _shutdown(self) -> int:
         self.stopping = True
         self.stop_event.set()
-        workers = sorted(self.live, key=lambda w: w.slot)
+        # A restart may be spawning a worker right now: wait for it, so that it is stopped too.
+        async with self.changing:
+            workers = sorted(self.live, key=lambda w: w.slot)
         if workers:
             logger.info("stopping %d worker(s)", len(workers))
         clean = await self._retire(workers)
@@ -222,7 +224,8 @@ class Supervisor:
         if not clean:
             logger.error("not every worker stopped cleanly")
             return FAILED
-        logger.info("all workers stopped")
+        if workers:
+            logger.info("all workers stopped")
         return OK
 
     # Workers --------------------------------------------------------------------
@@ -253,7 +256,15 @@ class Supervisor:
     def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # A worker could not be watched or restarted (cannot spawn, say): stop, loudly.
+            logger.error("supervising failed: %s", error, exc_info=error)
+            self.failed = True
+            self.wake.set()
 
     async def _watch(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()

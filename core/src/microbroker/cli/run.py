@@ -350,8 +350,13 @@ async def _serve(args: argparse.Namespace, app_dir: Path, channel: socket.socket
                 waiter.cancel()
             # run() stops the service when cancelled: handlers finish, then it unsubscribes.
             runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await runner
+            except asyncio.CancelledError:
+                if forced:  # this task was cancelled too: a second signal
+                    raise
+            except Exception as exc:
+                raise CliError(f"service {service.name!r} failed: {exc}", FAILED) from exc
             if not stopping.is_set():
                 raise CliError(f"service {service.name!r} stopped by itself", FAILED)
     except asyncio.CancelledError:
