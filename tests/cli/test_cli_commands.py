@@ -17,6 +17,8 @@ def test_help_documents_commands_exit_codes_and_environment(cli: Cli) -> None:
     assert result.code == 0, result
     for word in ("plugins", "publish", "subscribe", "call", "bench"):
         assert word in result.out
+    assert "    run  " in result.out
+    assert "serve a microbroker.Service" in result.out
     assert "exit codes:" in result.out
     assert "MICRO_BROKER_ADDRESS" in result.out
 

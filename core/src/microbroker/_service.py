@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import weakref
@@ -19,6 +20,8 @@ from ._selection import create, get_broker
 from ._server import Server, SubscriberFunc
 
 F = TypeVar("F", bound=SubscriberFunc)
+
+logger = logging.getLogger("microbroker.service")
 
 
 class Service:
@@ -114,7 +117,12 @@ class Service:
         return rpc_handler
 
     async def start(self) -> None:
-        """Connect the broker (unless it is connected already) and start the server."""
+        """Connect the broker (unless it is connected already) and start the server.
+
+        Starting a started service does nothing. Once started, it logs at INFO on
+        ``microbroker.service`` what it serves and where.
+        """
+        started = self.server.started
         if not self.broker.connected:
             await self.broker.connect()
             self._connected_here = True
@@ -125,16 +133,27 @@ class Service:
             # __aexit__): leave no connection open behind the error.
             await self.stop()
             raise
+        if not started and logger.isEnabledFor(logging.INFO):
+            _log_started(self)
 
     async def stop(self) -> None:
         """Stop gracefully (see :meth:`Server.stop`), then disconnect the broker if
         :meth:`start` connected it: the broker drains what it still holds."""
+        started = self.server.started
+        if started:
+            logger.info(
+                "service %r stopping: running handlers get up to %gs",
+                self.name,
+                self.stop_timeout,
+            )
         try:
             await self.server.stop(self.stop_timeout)
         finally:
             if self._connected_here:
                 self._connected_here = False
                 await self.broker.disconnect()
+        if started:
+            logger.info("service %r stopped", self.name)
 
     async def run(
         self, *, signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM)
@@ -171,3 +190,20 @@ class Service:
 
     def __repr__(self) -> str:
         return f"<Service {self.name!r} broker={self.broker.name!r}>"
+
+
+def _log_started(service: Service) -> None:
+    """The start-up lines: the service, its broker and address, each subscriber and handler."""
+    broker = service.broker
+    # A broker that serves on a free port (http) knows the real port only once connected.
+    address = getattr(broker, "bound_address", None) or broker.address
+    where = f" at {address}" if address else ""
+    logger.info("service %r started on the %s broker%s", service.name, broker.name, where)
+    for sub in service.server.subscribers:
+        fn = sub.handler
+        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        group = f" in queue group {sub.queue!r}" if sub.queue else ""
+        logger.info("  subscriber %s on %r%s", name, sub.topic, group)
+    for handler in service.server.handlers:
+        endpoints = ", ".join(sorted(handler.endpoints))
+        logger.info("  rpc handler %s: %s", handler.name, endpoints)

@@ -1,4 +1,4 @@
-"""The ``microbroker`` command line: list plugins, publish, subscribe, call services, benchmark.
+"""The ``microbroker`` command line: plugins, publish, subscribe, call, run services, bench.
 
 Every command selects its broker like an application does (``MICRO_BROKER``,
 ``MICRO_BROKER_ADDRESS``), or with ``--broker`` / ``--address`` /
@@ -14,12 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bench, call, docs, plugins, publish, subscribe
+from . import bench, call, docs, plugins, publish, run, subscribe
 from ._common import EXIT_CODES_HELP, INTERRUPTED, USAGE, CliError, add_broker_arguments
 
 __all__ = ["main"]
 
-_COMMANDS = (plugins, publish, subscribe, call, bench, docs)
+_COMMANDS = (plugins, publish, subscribe, call, run, bench, docs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``microbroker`` and its commands."""
     parser = _Parser(
         prog="microbroker",
-        description="Publish, subscribe, call services and benchmark through any "
-        "installed microbroker broker.",
+        description="Publish, subscribe, call and run services, and benchmark, through "
+        "any installed microbroker broker.",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

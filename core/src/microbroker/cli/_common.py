@@ -34,11 +34,14 @@ INTERRUPTED = 130
 EXIT_CODES_HELP = f"""\
 exit codes:
   0    success
-  1    the broker or service refused the operation (RPC error, publish error)
-  2    usage: bad arguments, unknown broker or plugin, bad option, invalid data or JSON
+  1    the broker or service refused the operation (RPC error, publish error);
+       run: the service did not start or keep running
+  2    usage: bad arguments, unknown broker or plugin, bad option, invalid data or JSON;
+       run: the app cannot be loaded
   3    cannot connect to the broker
   4    timed out (--timeout)
-  130  interrupted (Ctrl-C), except for subscribe without --count, which exits 0
+  130  interrupted (Ctrl-C), except for subscribe without --count and run, which
+       exit 0 (run: 130 when a second Ctrl-C cuts the drain short)
 
 environment:
   MICRO_BROKER          broker name (default: {DEFAULT_BROKER}); --broker overrides it
