@@ -16,7 +16,6 @@ from microbroker.brokers.memory import MemoryBroker
 
 
 def memory(address: str, **options: Any) -> microbroker.Broker:
-
     return microbroker.get_broker("memory", address=address, **options)
 
 

@@ -19,8 +19,11 @@ from microbroker.brokers.memory import MemoryBroker
 
 
 def memory(address: str, **options: Any) -> microbroker.Broker:
-
     return microbroker.get_broker("memory", address=address, **options)
+
+
+#: Redeliveries within milliseconds: a quiet period of 50 ms then outlasts any backoff.
+FAST = microbroker.RetryPolicy(backoff=0.001, max_backoff=0.005)
 
 
 class Errors:
@@ -198,7 +201,7 @@ async def test_ack_ends_delivery(broker: microbroker.Broker) -> None:
             raise RuntimeError("after ack: still acked, not redelivered")
 
     inbox = Inbox(ack_then_fail)
-    await broker.subscribe("acked", inbox)
+    await broker.subscribe("acked", inbox, retry=FAST)
     await broker.publish("acked", Message(b"first"))
     await broker.publish("acked", Message(b"sentinel"))
     await inbox.wait_for(2)
@@ -211,7 +214,7 @@ async def test_ack_ends_delivery(broker: microbroker.Broker) -> None:
 async def test_manual_ack_and_nack_with_auto_ack_off(address: str) -> None:
     inbox = Inbox()
     async with memory(address) as broker:
-        await broker.subscribe("manual", inbox, auto_ack=False)
+        await broker.subscribe("manual", inbox, auto_ack=False, retry=FAST)
         await broker.publish("manual", Message(b"m"))
         first = (await inbox.wait_for(1))[0]
         assert not first.settled  # nothing settles it for the handler
