@@ -42,9 +42,11 @@ def start_host(tmp_path: Path) -> Iterator[Callable[[Host], HostProcess]]:
     """Start ``mdns_host.py`` inside a host; every process is stopped at the end."""
     started: list[HostProcess] = []
 
-    def start(host: Host) -> HostProcess:
+    def start(host: Host, env: dict[str, str] | None = None) -> HostProcess:
         process = HostProcess(
-            host, [sys.executable, str(HOST_SCRIPT), host.name, str(tmp_path)], host_env(host)
+            host,
+            [sys.executable, str(HOST_SCRIPT), host.name, str(tmp_path)],
+            host_env(host, env),
         )
         started.append(process)
         return process

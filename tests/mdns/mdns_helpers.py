@@ -1,4 +1,4 @@
-"""Helpers of the mdns tests: host processes in namespaces, and the Go program for golden records."""
+"""Helpers of the mdns tests: host processes in namespaces, the Go program, a DNS codec."""
 
 from __future__ import annotations
 
@@ -98,10 +98,10 @@ class HostProcess:
                 self.kill()
 
 
-def host_env(host: Host) -> dict[str, str]:
+def host_env(host: Host, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The whole configuration of a host process: the mdns registry and a listen address."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MICRO_")}
-    env.update(MICRO_REGISTRY="mdns", MICRO_BROKER_ADDRESS=f"{host.address}:0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MICRO_", "MDNS_HOST_"))}
+    env.update(MICRO_REGISTRY="mdns", MICRO_BROKER_ADDRESS=f"{host.address}:0", **(extra or {}))
     return env
 
 
@@ -202,9 +202,12 @@ def parse_message(data: bytes) -> Message:
 
 
 def _name(name: str) -> bytes:
-    return b"".join(
-        bytes((len(label.encode()),)) + label.encode() for label in name.rstrip(".").split(".")
-    ) + b"\x00"
+    return (
+        b"".join(
+            bytes((len(label.encode()),)) + label.encode() for label in name.rstrip(".").split(".")
+        )
+        + b"\x00"
+    )
 
 
 def build_message(
@@ -255,3 +258,23 @@ def receive_all(sock: socket.socket, seconds: float) -> list[tuple[bytes, tuple[
         except TimeoutError:
             continue
     return got
+
+
+async def wait_nodes(
+    registry: Any,
+    predicate: Callable[[list[Any]], bool],
+    what: str,
+    service: str = "micro.http.broker",
+    timeout: float = 20.0,
+) -> list[Any]:
+    """Poll ``registry.get_service(service)`` until ``predicate(nodes)`` holds; the nodes."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = [n for s in await registry.get_service(service) for n in s.nodes]
+        if predicate(nodes):
+            return nodes
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s; nodes: {nodes}")
+        await asyncio.sleep(0.02)

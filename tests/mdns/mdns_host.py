@@ -1,4 +1,4 @@
-"""One host's process for the multi-host tests: an http broker on the mdns registry, driven by stdin.
+"""A host's process for the multi-host tests: an http broker on the mdns registry, run by stdin.
 
 Run inside a host's network namespace with ``MICRO_REGISTRY=mdns`` and
 ``MICRO_BROKER_ADDRESS=<host address>:0`` and nothing else configured. It
@@ -16,6 +16,9 @@ outcome of each command. Commands on stdin:
 
     news                 publish one "news" message naming this host (confirm=True)
     publish N RATE       publish N jobs at RATE a second, at most 32 unconfirmed, confirm=True
+
+For the TLS test, ``MDNS_HOST_TLS_CERT`` and ``MDNS_HOST_TLS_KEY`` (the test's
+own variables, not microbroker's) make it serve HTTPS with that certificate.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -40,7 +44,13 @@ def say(kind: str, **fields: Any) -> None:
 
 class Host:
     def __init__(self) -> None:
-        self.broker = microbroker.get_broker()
+        options = {}
+        cert = os.environ.get("MDNS_HOST_TLS_CERT")
+        if cert:
+            server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server.load_cert_chain(cert, os.environ["MDNS_HOST_TLS_KEY"])
+            options["tls"] = server
+        self.broker = microbroker.get_broker(**options)
         self.jobs = open(OUT / f"{NAME}.jobs", "a", buffering=1)  # noqa: SIM115
         self.news = open(OUT / f"{NAME}.news", "a", buffering=1)  # noqa: SIM115
         self.published = open(OUT / f"{NAME}.published", "a", buffering=1)  # noqa: SIM115

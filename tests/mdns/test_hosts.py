@@ -1,4 +1,4 @@
-"""Three hosts (network namespaces on one switch), an http broker process in each, mdns between them.
+"""Three hosts (namespaces on one switch), an http broker process in each, mdns between them.
 
 Each process is configured with ``MICRO_REGISTRY=mdns`` and a listen address
 only. They find each other, broadcast across hosts, share a queue group, and

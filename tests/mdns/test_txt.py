@@ -9,14 +9,14 @@ encoding/json, compress/zlib and encoding/hex.
 from __future__ import annotations
 
 import json
+import random
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from mdns_helpers import GOLDEN, run_go_txt
+
 from microbroker_mdns import txt
 from microbroker_mdns.txt import TxtError, TxtRecord
 
@@ -118,23 +118,30 @@ def test_rdata_round_trip_and_bad_lengths() -> None:
 
 # Live Go: random records through Go's json.Marshal and back. -----------------------------
 
-# Go before 1.22 (Debian 12 ships 1.19) escapes \b and \f as \u0008 and \u000c; they are
-# left out of the live comparison and checked by the rule above.
-_text = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\b\f"), max_size=40
-)
-_records = st.builds(
-    TxtRecord,
-    service=_text,
-    version=_text,
-    metadata=st.dictionaries(_text, _text, max_size=12),
+# Characters that take each of json.Marshal's paths. Go before 1.22 (Debian 12 ships 1.19)
+# escaped \b and \f as \u0008 and \u000c: they are left out here and checked by the rule above.
+_ALPHABET = (
+    [chr(c) for c in range(0x20) if chr(c) not in "\b\f"]
+    + list(" azAZ09\"\\/<>&'\x7f\x80\u00e9\u07ff\u0800\u2028\u2029\ufffd\uffff")
+    + ["\U00010000", "\U0001f600", "\U0010ffff"]
 )
 
 
-@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(_records, min_size=150, max_size=150))
-def test_random_records_match_go_live(go_txt: Path, records: list[TxtRecord]) -> None:
+def _random_records(count: int, seed: int) -> list[TxtRecord]:
+    rng = random.Random(seed)
+
+    def text() -> str:
+        return "".join(rng.choice(_ALPHABET) for _ in range(rng.randrange(0, 24)))
+
+    return [
+        TxtRecord(text(), text(), {text(): text() for _ in range(rng.randrange(0, 10))})
+        for _ in range(count)
+    ]
+
+
+def test_random_records_match_go_live(go_txt: Path) -> None:
     """Go's json.Marshal makes our JSON's bytes, and Go decodes our records to the same fields."""
+    records = _random_records(500, seed=22)
     lines = [{"service": r.service, "version": r.version, "metadata": r.metadata} for r in records]
     encoded = run_go_txt(go_txt, "encode", lines)
     for record, result in zip(records, encoded, strict=True):

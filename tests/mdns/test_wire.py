@@ -1,4 +1,4 @@
-"""The registry on the wire, inside a namespace, against go-micro's messages as its source makes them.
+"""The registry on the wire, in a namespace, against go-micro's messages as its source makes them.
 
 go-micro's mDNS client (``internal/util/mdns/client.go``) queries from an
 ephemeral port with one PTR question of class IN, and takes a node from one
@@ -26,11 +26,12 @@ from mdns_helpers import (
     gomicro_node_answers,
     parse_message,
     receive_all,
+    wait_nodes,
 )
+from support.netns import Host, Lan, inside
+
 from microbroker.registries import Node, Service
 from microbroker_mdns import FALLBACK_ID_KEY, MdnsRegistry, txt
-from support.eventually import eventually
-from support.netns import Host, Lan, inside
 
 SERVICE = "micro.http.broker"
 GROUP = ("224.0.0.251", 5353)
@@ -108,8 +109,9 @@ async def test_lists_services_and_answers_instance_questions(in_host1: Host) -> 
 
 async def test_reads_a_go_micro_server_answer(in_host1: Host) -> None:
     """A responder that answers as go-micro's does; its TXT strings are Go's own (golden)."""
-    from mdns_helpers import GOLDEN
     import json
+
+    from mdns_helpers import GOLDEN
 
     golden = json.loads(GOLDEN.read_text())["records"][0]
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -146,9 +148,7 @@ async def test_reads_a_go_micro_server_answer(in_host1: Host) -> None:
     try:
         services = await registry.get_service(SERVICE)
         assert [(s.name, s.version) for s in services] == [(SERVICE, "ff.http.broadcast")]
-        assert services[0].nodes == [
-            Node("orders-4f1c", "10.213.0.77:9090", golden["metadata"])
-        ]
+        assert services[0].nodes == [Node("orders-4f1c", "10.213.0.77:9090", golden["metadata"])]
         assert [s.name for s in await registry.list_services()] == [SERVICE]
     finally:
         stop = True
@@ -204,11 +204,8 @@ async def test_loopback_nodes_stay_on_their_host(lan2: Lan, in_host1: Host) -> N
             )
             remote.sendto(build_message(0, 0x8400, [], claim), GROUP)
             local.sendto(build_message(0, 0x8400, [], claim), GROUP)  # the same, from this host
-            await eventually(
-                lambda: any(
-                    n.id == "x-1" for s in registry._services(SERVICE) for n in s.nodes
-                ),
-                "the local claim is heard",
+            await wait_nodes(
+                registry, lambda nodes: any(n.id == "x-1" for n in nodes), "the local claim"
             )
         nodes = {n.id for s in await registry.get_service(SERVICE) for n in s.nodes}
         assert nodes == {"lo-1", "x-1"}
@@ -233,9 +230,8 @@ async def test_two_registries_long_ids_and_renewal(in_host1: Host) -> None:
         assert set(nodes) == {long_id, "short-1"}
         assert FALLBACK_ID_KEY not in nodes[long_id].metadata
         # "short-1" was registered for one second and not renewed: it is withdrawn.
-        await eventually(
-            lambda: {n.id for s in publisher._services(SERVICE) for n in s.nodes} == {long_id},
-            "the unrenewed node withdrawn",
+        await wait_nodes(
+            publisher, lambda nodes: {n.id for n in nodes} == {long_id}, "the unrenewed withdrawn"
         )
     finally:
         await subscriber.close()

@@ -1,4 +1,4 @@
-"""Hosts on one machine: network namespaces joined by veth pairs to a bridge in a namespace of its own.
+"""Hosts on one machine: network namespaces joined by veth pairs to a bridge in its own namespace.
 
 A :class:`Lan` is a switch namespace holding a bridge and one veth pair per
 host namespace (``eth0`` in the host, ``pN`` on the bridge), with addresses

@@ -82,7 +82,7 @@ def check_name(name: str) -> None:
 
 
 def strip_suffix(name: str, suffix: str) -> str | None:
-    """``name`` without ``suffix`` (compared case-insensitively), or ``None`` if it does not end so."""
+    """``name`` without ``suffix`` (case-insensitively), or ``None`` if it does not end so."""
     if len(name) > len(suffix) and name[-len(suffix) :].lower() == suffix.lower():
         return name[: -len(suffix)]
     return None
@@ -111,7 +111,14 @@ class Advert:
             out.append(DNSPointer(self.service_name, TYPE_PTR, CLASS_IN, ttl, self.instance))
         out.append(
             DNSService(
-                self.instance, TYPE_SRV, CLASS_IN, ttl, SRV_PRIORITY, SRV_WEIGHT, self.port, self.host
+                self.instance,
+                TYPE_SRV,
+                CLASS_IN,
+                ttl,
+                SRV_PRIORITY,
+                SRV_WEIGHT,
+                self.port,
+                self.host,
             )
         )
         kind = TYPE_A if self.ip.version == 4 else TYPE_AAAA
@@ -130,6 +137,17 @@ def list_records(service: str, domain: str, host: str, ttl: int) -> list[DNSReco
         DNSAddress(host, TYPE_A, CLASS_IN, ttl, bytes(4)),
         DNSText(instance, TYPE_TXT, CLASS_IN, ttl, b""),
     ]
+
+
+def meta_record(domain: str, ttl: int) -> DNSRecord:
+    """The DNS-SD meta-query answer (RFC 6763 section 9) go-micro's wildcard entry gives."""
+    return DNSPointer(
+        fqdn(LIST_SERVICE, "_dns-sd._udp", domain),
+        TYPE_PTR,
+        CLASS_IN,
+        ttl,
+        fqdn(LIST_SERVICE, domain),
+    )
 
 
 def response(
@@ -212,12 +230,12 @@ def sightings(message: DNSIncoming, domain: str) -> tuple[list[Sighting], list[s
         if s is None or t is None:
             continue
         try:
-            record = _txt.decode(_txt.from_rdata(t.text or b""))
+            content = _txt.decode(_txt.from_rdata(t.text or b""))
         except _txt.TxtError:
             continue
-        if not record.service:
+        if not content.service:
             continue
-        node_id = strip_suffix(t.name, "." + fqdn(record.service, domain))
+        node_id = strip_suffix(t.name, "." + fqdn(content.service, domain))
         if node_id is None:
             continue
         ip = _pick_ip(addresses.get(s.server_key, []))
@@ -227,10 +245,10 @@ def sightings(message: DNSIncoming, domain: str) -> tuple[list[Sighting], list[s
         found.append(
             Sighting(
                 instance=key,
-                service=record.service,
+                service=content.service,
                 node_id=node_id,
-                version=record.version,
-                metadata=record.metadata,
+                version=content.version,
+                metadata=content.metadata,
                 address=f"{host}:{s.port}",
                 ip=ip,
                 ttl=min(s.ttl, t.ttl),

@@ -32,7 +32,9 @@ MDNS_PORT = 5353
 # Linux: deliver to the listen socket only the groups joined on it, so that an
 # interface the registry was told to stay off does not leak in through another
 # process's membership (the default delivers every joined group to every socket).
-_IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49 if sys.platform.startswith("linux") else None)
+_IP_MULTICAST_ALL = getattr(
+    socket, "IP_MULTICAST_ALL", 49 if sys.platform.startswith("linux") else None
+)
 _SIOCGIFADDR = 0x8915
 
 

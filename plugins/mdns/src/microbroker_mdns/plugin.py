@@ -1,4 +1,4 @@
-"""The plugin module named by the ``microbroker`` entry point: it registers the ``mdns`` registry."""
+"""The module the ``microbroker`` entry point names: it registers the ``mdns`` registry."""
 
 from __future__ import annotations
 

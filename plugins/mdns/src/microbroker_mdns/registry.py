@@ -27,8 +27,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from microbroker.registries import Node, Registry, RegistryError, Service, WatchEvent
 from zeroconf import DNSIncoming, DNSQuestion, DNSRecord
+
+from microbroker.registries import Node, Registry, RegistryError, Service, WatchEvent
 
 from . import _dns, _net
 from . import txt as _txt
@@ -206,42 +207,47 @@ class MdnsRegistry(Registry):
         if self._state is not None:
             return
         async with self._opening:
-            if self._state is not None:
-                return
-            try:
-                sockets = _net.open_sockets(
-                    list(self.options.interfaces) if self.options.interfaces else None
+            if self._state is None:
+                state = await self._open()
+                self._state = state
+                state.ticker = asyncio.get_running_loop().create_task(
+                    self._tick(), name="microbroker-mdns-refresh"
                 )
-            except OSError as exc:
-                raise RegistryError(
-                    f"the mdns registry cannot open its sockets: {exc}. Name the interfaces "
-                    "with MICRO_REGISTRY_ADDRESS (or MICRO_MDNS_INTERFACES); port 5353 must "
-                    "be shareable (SO_REUSEPORT)"
-                ) from exc
-            loop = asyncio.get_running_loop()
-            try:
-                listen, _ = await loop.create_datagram_endpoint(
-                    lambda: _Protocol(self._received), sock=sockets.listen
+
+    async def _open(self) -> _State:
+        try:
+            sockets = _net.open_sockets(
+                list(self.options.interfaces) if self.options.interfaces else None
+            )
+        except OSError as exc:
+            raise RegistryError(
+                f"the mdns registry cannot open its sockets: {exc}. Name the interfaces "
+                "with MICRO_REGISTRY_ADDRESS (or MICRO_MDNS_INTERFACES); port 5353 must "
+                "be shareable (SO_REUSEPORT)"
+            ) from exc
+        loop = asyncio.get_running_loop()
+        try:
+            listen, _ = await loop.create_datagram_endpoint(
+                lambda: _Protocol(self._received), sock=sockets.listen
+            )
+            state = _State(sockets, listen)
+            for address, sock in sockets.respond.items():
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Protocol(self._received), sock=sock
                 )
-                state = _State(sockets, listen)
-                for address, sock in sockets.respond.items():
-                    transport, _ = await loop.create_datagram_endpoint(
-                        lambda: _Protocol(self._received), sock=sock
-                    )
-                    state.respond[address] = transport
-                for address, sock in sockets.query.items():
-                    transport, _ = await loop.create_datagram_endpoint(
-                        lambda: _Protocol(self._received), sock=sock
-                    )
-                    state.query[address] = transport
-                    host, port = sock.getsockname()[:2]
-                    state.query_addresses.add((str(host), int(port)))
-            except BaseException:
-                sockets.close()
-                raise
-            state.ticker = loop.create_task(self._tick(), name="microbroker-mdns-refresh")
-            self._state = state
-            logger.debug("mdns registry on %s", ", ".join(state.respond))
+                state.respond[address] = transport
+            for address, sock in sockets.query.items():
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Protocol(self._received), sock=sock
+                )
+                state.query[address] = transport
+                host, port = sock.getsockname()[:2]
+                state.query_addresses.add((str(host), int(port)))
+        except BaseException:
+            sockets.close()
+            raise
+        logger.debug("mdns registry on %s", ", ".join(state.respond))
+        return state
 
     async def close(self) -> None:
         """Say goodbye for every node still registered, and close the sockets.
@@ -306,7 +312,13 @@ class MdnsRegistry(Registry):
                 continue
             if existing is not None and existing.announcer is not None:
                 existing.announcer.cancel()
-            local = _Local(service.name, service.version, Node(node.id, node.address, dict(node.metadata)), advert, expires)
+            local = _Local(
+                service.name,
+                service.version,
+                Node(node.id, node.address, dict(node.metadata)),
+                advert,
+                expires,
+            )
             self._local[key] = local
             self._own.add(key)
             self._seen.pop(key, None)
@@ -429,7 +441,10 @@ class MdnsRegistry(Registry):
         active = self._active.get(name)
         if active is None:
             active = self._active[name] = _Active(
-                name, now, now + self.options.timeout, collections.deque(maxlen=self.options.max_missed + 2)
+                name,
+                now,
+                now + self.options.timeout,
+                collections.deque(maxlen=self.options.max_missed + 2),
             )
             state = self._state
             if state is not None:
@@ -487,7 +502,10 @@ class MdnsRegistry(Registry):
                     if now - heard <= 2 * options.refresh_interval + options.timeout:
                         self._activate(name)
             await asyncio.sleep(options.timeout)
-            self._sweep()
+            try:
+                self._sweep()
+            except Exception:  # a failed round must not end the refreshing
+                logger.exception("mdns: refresh round failed")
             await asyncio.sleep(max(options.refresh_interval - options.timeout, 0.0))
 
     def _sweep(self) -> None:
@@ -595,20 +613,18 @@ class MdnsRegistry(Registry):
                 for local in live:
                     services[local.service] = services.get(local.service, True) and local.loopback
                 for service, loopback in services.items():
-                    out.append((_dns.list_records(service, domain, self.host, int(self.ttl)), loopback))
+                    out.append(
+                        (_dns.list_records(service, domain, self.host, int(self.ttl)), loopback)
+                    )
             return out
         if name == _dns.fqdn(_dns.LIST_SERVICE, "_dns-sd._udp", domain).lower():
             if kind in _ANSWERED_TYPES:
-                from zeroconf import DNSPointer
-
-                record = DNSPointer(
-                    question.name, _dns.TYPE_PTR, _dns.CLASS_IN, int(self.ttl), _dns.fqdn(_dns.LIST_SERVICE, domain)
-                )
+                record = _dns.meta_record(domain, int(self.ttl))
                 out.append(([record], all(local.loopback for local in live)))
             return out
-        local = self._local.get(name)
-        if local is not None and local.expires > now:
-            records = local.advert.records(ptr=False)
+        own = self._local.get(name)
+        if own is not None and own.expires > now:
+            records = own.advert.records(ptr=False)
             wanted = {
                 _dns.TYPE_SRV: (_dns.TYPE_SRV, _dns.TYPE_A, _dns.TYPE_AAAA),
                 _dns.TYPE_TXT: (_dns.TYPE_TXT,),
@@ -617,7 +633,7 @@ class MdnsRegistry(Registry):
             }.get(kind)
             if wanted is not None:
                 records = [r for r in records if r.type in wanted]
-            return [(records, local.loopback)] if records else []
+            return [(records, own.loopback)] if records else []
         if kind in _ANSWERED_TYPES:
             for local in live:
                 if local.advert.service_name.lower() == name:
