@@ -18,6 +18,23 @@ from mdns_helpers import GO_PROGRAM, HOST_SCRIPT, HostProcess, host_env
 from support.netns import Host, Lan, inside, require_netns
 from support.process import unavailable
 
+_MACHINE_NETNS = os.stat("/proc/self/ns/net").st_ino
+
+
+@pytest.fixture(autouse=True)
+def _mdns_only_inside_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening mDNS sockets in the machine's own namespace is a test bug: it fails at once."""
+    from microbroker_mdns import _net
+
+    opener = _net.open_sockets
+
+    def guarded(interfaces: list[str] | None) -> _net.Sockets:
+        if os.stat("/proc/thread-self/ns/net").st_ino == _MACHINE_NETNS:
+            raise AssertionError("an mDNS socket in the machine's own network namespace")
+        return opener(interfaces)
+
+    monkeypatch.setattr(_net, "open_sockets", guarded)
+
 
 @pytest.fixture
 def lan2() -> Iterator[Lan]:

@@ -125,3 +125,26 @@ async def test_http_broker_across_two_hosts(
     name = lan2.hosts[1].name
     assert (tmp_path / f"{name}.jobs").read_text() == "h1-job\n"
     assert (tmp_path / f"{name}.news").read_text() == "from-h1\n"
+
+
+async def test_a_registry_given_to_the_broker_is_left_open(in_host1: Host) -> None:
+    """disconnect() closes only a registry the broker made itself (from a name or the env)."""
+    registry = MdnsRegistry()
+    broker = microbroker.get_broker("http", address=f"{in_host1.address}:0", registry=registry)
+    try:
+        async with broker:
+            await broker.subscribe("t", _ignore)
+        assert registry.interfaces  # still open: it is the caller's
+    finally:
+        await registry.close()
+    assert registry.interfaces == []
+
+
+def test_opening_outside_a_namespace_is_caught() -> None:
+    """The guard of conftest.py: this test runs in the machine's namespace."""
+    with pytest.raises(AssertionError, match="own network namespace"):
+        asyncio.run(MdnsRegistry().open())
+
+
+async def _ignore(delivery: microbroker.Delivery) -> None:
+    pass

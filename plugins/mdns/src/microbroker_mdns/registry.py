@@ -41,6 +41,7 @@ FALLBACK_ID_KEY = "mdns.id"
 """Node metadata that carries a node id too long for a DNS label (see :func:`instance_label`)."""
 
 _MULTICAST = (_net.MDNS_GROUP, _net.MDNS_PORT)
+_MAX_HEARD = 10_000  # nodes and service names kept from the network: a flood cannot grow it further
 _ANSWERED_TYPES = (_dns.TYPE_ANY, _dns.TYPE_PTR)
 
 
@@ -567,6 +568,9 @@ class MdnsRegistry(Registry):
                 continue
             node = _node(sighting)
             old = self._seen.get(key)
+            if old is None and len(self._seen) >= _MAX_HEARD:
+                logger.warning("mdns: ignoring %s: %d nodes already known", key, _MAX_HEARD)
+                continue
             if old is None or old.node != node or old.sighting.version != sighting.version:
                 changed = True
             self._seen[key] = _Seen(sighting, node, now, now + sighting.ttl)
@@ -574,7 +578,8 @@ class MdnsRegistry(Registry):
             if key not in self._own and self._seen.pop(key, None) is not None:
                 changed = True
         for name in _dns.listed_services(message, self.domain):
-            self._listed[name] = now
+            if name in self._listed or len(self._listed) < _MAX_HEARD:
+                self._listed[name] = now
         if changed:
             self._notify()
 
