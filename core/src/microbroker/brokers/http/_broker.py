@@ -297,6 +297,13 @@ class HttpBroker(Broker):
         await runner.cleanup()
         self._routes.clear()
         self._bound = None
+        registry = self.registry
+        if registry is not None and not isinstance(self._registry_option, Registry):
+            # connect() made this registry: release what it holds (mdns: sockets, tasks).
+            try:
+                await registry.close()
+            except Exception as exc:
+                logger.warning("http broker could not close the %s registry: %s", registry, exc)
 
     async def _beat(self, interval: float) -> None:
         while True:

@@ -1,0 +1,16 @@
+"""The module the ``microbroker`` entry point names: it registers the ``mdns`` registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from microbroker import hookimpl
+
+
+@hookimpl
+def register_registries(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Offer the ``mdns`` registry (``MICRO_REGISTRY=mdns``)."""
+    from .registry import MdnsRegistry
+
+    register("mdns", MdnsRegistry)
