@@ -42,7 +42,7 @@ def test_publish_reaches_a_subscriber_in_another_process(
     assert "  Content-Type: application/json" in first
     assert "  Micro-Topic: orders" in first
     assert "  tenant: a" in first
-    assert "  Micro-Id: " in first
+    assert "  Micro-ID: " in first
     assert '"item": "tea"' in first  # JSON pretty-printed
     assert second.splitlines()[0] == "#2 orders"
     assert "  Content-Type: text/plain; charset=utf-8" in second

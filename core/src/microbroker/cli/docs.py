@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -241,10 +242,6 @@ def _one_line(exc: BaseException) -> str:
 # Serving the page --------------------------------------------------------------------
 
 
-class _Stop(Exception):
-    """SIGTERM: stop serving, as Ctrl-C does."""
-
-
 def _serve(service: Service, doc: dict[str, Any], host: str, port: int) -> int:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -318,22 +315,29 @@ def _serve(service: Service, doc: dict[str, Any], host: str, port: int) -> int:
             f"warning: {host} is not a loopback address: other machines can read this page\n"
         )
     sys.stderr.flush()
+    # The server runs in a thread of its own and this one waits for the signal: an
+    # exception raised by a signal handler inside serve_forever() could leave one of its
+    # locks held, and shutting down would then wait for ever.
+    stopping: list[int] = []
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_stop)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    serving = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+    )
+    serving.start()
     try:
-        httpd.serve_forever(poll_interval=0.2)
-    except (KeyboardInterrupt, _Stop):
+        while not stopping and serving.is_alive():
+            time.sleep(0.1)
+    except KeyboardInterrupt:
         pass
     finally:
+        httpd.shutdown()
+        serving.join()
         httpd.server_close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return OK
-
-
-def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop()
 
 
 def _is_loopback(host: str) -> bool:
