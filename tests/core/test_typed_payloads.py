@@ -854,3 +854,23 @@ def test_the_pure_python_encoder_writes_what_the_c_one_writes() -> None:
 
     for value in (EVERYTHING, ORDER, [Point(1, 2)], {"a": None, "b": [1.5, True]}):
         assert "".join(_fallback.iterencode(value)) == _write(value)
+
+
+class Shop:
+    async def Cheapest(self, order: Order) -> LineItem:
+        assert all(type(item) is LineItem for item in order.items)
+        return min(order.items, key=lambda item: item.price)
+
+
+async def test_rpc_requests_and_replies_are_converted_too(broker: microbroker.Broker) -> None:
+    service = microbroker.Service("shop", broker=broker)
+    service.handle(Shop())
+    async with service:
+        cheapest = await service.client.call("shop", "Shop.Cheapest", ORDER, LineItem)
+        assert cheapest == LineItem("a", 1.5)
+        assert type(cheapest) is LineItem
+        bad = dict(ORDER_JSON, id="x")
+        with pytest.raises(microbroker.RpcError) as info:
+            await service.client.call("shop", "Shop.Cheapest", bad, LineItem)
+    assert info.value.code == 400
+    assert "id: expected an integer, got 'x'" in info.value.detail

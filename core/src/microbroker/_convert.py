@@ -275,7 +275,7 @@ def _build(tp: Any) -> _Compiled:
     args = typing.get_args(tp)
     if origin is typing.Annotated:
         return _compiled(args[0])
-    if origin in (typing.Final, typing.ClassVar, typing.Required, typing.NotRequired):
+    if origin in _QUALIFIERS:
         return _compiled(args[0])
     if origin is typing.Union or origin is types.UnionType:
         return _union(args)
@@ -308,6 +308,16 @@ def _build(tp: Any) -> _Compiled:
         f"cannot convert JSON into {_name(tp)}: not a dataclass, TypedDict, NamedTuple, "
         "pydantic model, protobuf message, enum or supported builtin"
     )
+
+
+# Wrappers that say something about a field, not about its values.
+_QUALIFIERS = {
+    typing.Final,
+    typing.ClassVar,
+    typing.Required,
+    typing.NotRequired,
+    *filter(None, [getattr(typing, "ReadOnly", None)]),  # Python 3.13
+}
 
 
 def _hashable(tp: Any) -> bool:
