@@ -12,8 +12,9 @@ Cases (each the best of ``--rounds`` timeit repeats, in ns of CPU time per messa
   and ``pydantic`` (``TypeAdapter(T).validate_json``);
 - encode the same values: ``before`` is ``json.dumps(dataclasses.asdict(v))``;
 - ``e2e``: a typed delivery through a Service on the memory broker
-  (``event.publish(Flat(...))`` -> ``@subscriber`` annotated ``Flat``), in us per
-  message. It uses only public names, so it runs on an older checkout too:
+  (``event.publish(Flat(...))`` -> a subscriber annotated ``Flat``; and the same
+  with a 128-byte protobuf ``BytesValue``), in us of CPU time per message. It
+  uses only public names, so it runs on an older checkout too:
   ``PYTHONPATH=<old core/src> python benchmarks/typed_payloads.py --e2e``.
 - the installed size of msgspec and of pydantic with what it pulls in.
 
@@ -36,6 +37,8 @@ import time
 import timeit
 from collections.abc import Callable
 from typing import Any
+
+from google.protobuf import wrappers_pb2
 
 import microbroker
 from microbroker import codecs
@@ -175,31 +178,40 @@ def measure_codecs(rounds: int) -> list[tuple[str, str, str, float]]:
 _buses = itertools.count()
 
 
-async def typed_delivery(messages: int) -> float:
-    """us per message: Flat events published to a typed subscriber on the memory broker."""
+async def typed_delivery(messages: int, body: str) -> float:
+    """us per message: events published to a typed subscriber on the memory broker, a Flat
+    dataclass (JSON) or a protobuf BytesValue of 128 bytes (the body docs/benchmarks.md's
+    typed-delivery numbers use)."""
     broker = microbroker.get_broker("memory", address=f"typed-bench-{next(_buses)}")
     service = microbroker.Service("typed-bench", broker=broker)
     done = asyncio.get_running_loop().create_future()
     seen = 0
 
-    @service.subscriber("flat")
-    async def on_flat(message: Flat) -> None:
+    async def count(message: Any) -> None:
         nonlocal seen
         seen += 1
         if seen == messages and not done.done():
             done.set_result(None)
 
+    if body == "json":
+        count.__annotations__["message"] = Flat
+        make: Callable[[int], Any] = lambda i: Flat(i, "book", 12.5, True)  # noqa: E731
+    else:
+        count.__annotations__["message"] = wrappers_pb2.BytesValue
+        payload = bytes(128)
+        make = lambda i: wrappers_pb2.BytesValue(value=payload)  # noqa: E731
+    service.server.subscribe(service.server.new_subscriber("typed", count))
     async with service:
-        event = service.event("flat")
+        event = service.event("typed")
         start = time.process_time()  # publisher and subscriber are this one process
         for i in range(messages):
-            await event.publish(Flat(i, "book", 12.5, True))
+            await event.publish(make(i))
         await asyncio.wait_for(done, 120)
         return (time.process_time() - start) / messages * 1e6
 
 
-def measure_e2e(rounds: int, messages: int) -> float:
-    return min(asyncio.run(typed_delivery(messages)) for _ in range(rounds))
+def measure_e2e(rounds: int, messages: int, body: str) -> float:
+    return min(asyncio.run(typed_delivery(messages, body)) for _ in range(rounds))
 
 
 def installed_size(names: list[str]) -> str:
@@ -241,8 +253,10 @@ def main() -> None:
         print("\n| library | installed size |\n| --- | ---: |")
         for library, names in FOOTPRINTS.items():
             print(f"| {library} ({', '.join(names)}) | {installed_size(names)} |")
-    e2e = measure_e2e(args.rounds, args.messages)
-    print(f"\ne2e typed delivery of Flat on the memory broker: {e2e:.2f} us per message")
+    print()
+    for body, what in (("json", "Flat (JSON)"), ("protobuf", "BytesValue (protobuf)")):
+        e2e = measure_e2e(args.rounds, args.messages, body)
+        print(f"e2e typed delivery of {what} on the memory broker: {e2e:.2f} us per message")
 
 
 if __name__ == "__main__":
