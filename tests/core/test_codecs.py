@@ -112,13 +112,14 @@ def test_json_dataclass_ignores_unknown_fields() -> None:
 
 
 def test_json_refuses_mismatched_bodies() -> None:
+    """More cases, and the paths they name, are in test_typed_payloads.py."""
     codec = codecs.get_codec(codecs.JSON)
-    with pytest.raises(TypeError, match="JSON object"):
+    with pytest.raises(codecs.ConversionError, match="expected an object for Point"):
         codec.decode(b"[1]", Point)
-    with pytest.raises(TypeError, match="expected JSON dict"):
+    with pytest.raises(codecs.ConversionError, match="expected an object, got an array"):
         codec.decode(b"[1]", dict)
-    with pytest.raises(TypeError):
-        codec.decode(b'{"x": 1}', Point)  # a missing field
+    with pytest.raises(codecs.ConversionError, match="y: missing required field"):
+        codec.decode(b'{"x": 1}', Point)
     with pytest.raises(json.JSONDecodeError):
         codec.decode(b"not json", dict)
 
@@ -133,7 +134,8 @@ def test_json_encode_error_names_the_type_and_cause() -> None:
     assert isinstance(error.cause, TypeError)
     assert "application/json" in str(error)
     with pytest.raises(microbroker.EncodeError):
-        codec.encode(b"bytes are not JSON")
+        codec.encode({"bytes": ...})
+    assert codec.encode(b"\x00\xff") == b'"AP8="'  # bytes are base64, as in protobuf's JSON
 
 
 def test_raw_and_text_codecs() -> None:

@@ -167,11 +167,65 @@ class EncodeError(CodecError, TypeError):
         )
 
 
+class ConversionError(CodecError, ValueError):
+    """A decoded JSON value does not fit the type it is converted into.
+
+    ``str()`` is ``"<path>: <reason>"``, e.g. ``items[2].price: expected a
+    number, got 'abc'``; ``path`` is ``""`` when the value itself does not fit.
+    ``location`` holds the same place as keys: ``("items", 2, "price")``.
+    A subscriber never sees it raw: the server wraps it in :class:`DecodeError`,
+    whose ``path`` is this one's.
+    """
+
+    # Set by the converter when the JSON value is of the wrong kind altogether (a string
+    # for an integer), so that a union reports a more telling member's error first.
+    _wrong_kind = False
+
+    def __init__(self, reason: str, location: Sequence[str | int] = ()) -> None:
+        self.reason = reason
+        self.location: tuple[str | int, ...] = tuple(location)
+        # Rendered parts (".price", "[2]", "['key']"): a field name and a dict key are both
+        # str in location, but they are written differently.
+        self._parts = [_part(key) for key in self.location]
+        super().__init__(reason, self.location)
+
+    @property
+    def path(self) -> str:
+        """Where the value does not fit: ``items[2].price``, ``prices['eur']``, or ``""``."""
+        return "".join(self._parts).removeprefix(".")
+
+    def __str__(self) -> str:
+        path = self.path
+        return f"{path}: {self.reason}" if path else self.reason
+
+    def _at_field(self, name: str) -> None:
+        """Prefix the location with a field of the enclosing object (as the error unwinds)."""
+        self.location = (name, *self.location)
+        self._parts.insert(0, _part(name))
+        self.args = (self.reason, self.location)
+
+    def _at_item(self, key: str | int) -> None:
+        """Prefix the location with an index of the enclosing array or a key of a mapping."""
+        self.location = (key, *self.location)
+        self._parts.insert(0, f"[{key!r}]")
+        self.args = (self.reason, self.location)
+
+
+def _part(key: str | int) -> str:
+    """A field as ``.name`` (``['odd name']`` when it is no identifier), an index as ``[2]``."""
+    if isinstance(key, str):
+        return f".{key}" if key.isidentifier() else f"[{key!r}]"
+    return f"[{key}]"
+
+
 class DecodeError(CodecError):
     """A delivered body could not be decoded into the type a subscriber expects.
 
     It is reported to the ``on_error`` hooks; the subscriber's handler is not
     called, the subscription keeps running and the message is nacked.
+    ``path`` names the field that did not fit (``items[2].price``; ``""`` for
+    the body as a whole) when the cause says, as a :class:`ConversionError`
+    does, and is ``None`` otherwise (bad JSON, bad protobuf).
     """
 
     def __init__(
@@ -181,11 +235,16 @@ class DecodeError(CodecError):
         content_type: str | None,
         expected: object,
         cause: BaseException | str,
+        path: str | None = None,
     ) -> None:
         self.topic = topic
         self.content_type = content_type
         self.expected = expected
         self.cause = cause
+        if path is None:
+            found = getattr(cause, "path", None)
+            path = found if isinstance(found, str) else None
+        self.path = path
         expected_name = getattr(expected, "__qualname__", None) or repr(expected)
         super().__init__(
             f"cannot decode a message on topic {topic!r} "

@@ -2,21 +2,20 @@
 
 Built in: ``application/protobuf`` (protobuf messages; also under
 ``application/x-protobuf`` and ``application/proto``), ``application/json``
-(protobuf messages in their JSON mapping, dataclasses, pydantic models, dicts,
-lists and scalars), ``application/octet-stream`` (raw bytes) and
+(protobuf messages in their JSON mapping; dataclasses, TypedDicts, pydantic
+models, enums, datetimes and the rest of the typed payloads, converted into the
+annotated type both ways), ``application/octet-stream`` (raw bytes) and
 ``text/plain`` (str). A plugin adds more through the ``register_codecs`` hook.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import typing
 from typing import Any, Protocol, runtime_checkable
 
-from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
+from . import _convert
+from ._errors import ConversionError as ConversionError  # raised by JsonCodec.decode
 from ._errors import EncodeError, PluginNotFound
 from ._headers import normalize_content_type
 from ._plugins import registry
@@ -86,49 +85,25 @@ class ProtobufCodec:
 
 
 class JsonCodec:
-    """JSON: protobuf's JSON mapping for protobuf messages, plain JSON for everything else."""
+    """JSON: protobuf's JSON mapping for protobuf messages, typed payloads for the rest.
+
+    Decoding converts into the annotated type and validates (dataclasses, TypedDict,
+    pydantic models, enums, datetimes, lists and dicts of them...); a value that does
+    not fit raises :class:`ConversionError` naming the field (``items[2].price``).
+    Unknown fields are ignored, so that a newer publisher does not break older
+    subscribers. docs/typed-payloads.md has the rules.
+    """
 
     content_type = JSON
 
     def encode(self, value: Any) -> bytes:
         try:
-            if isinstance(value, ProtoMessage):
-                text: str = json_format.MessageToJson(value, indent=None)
-                return text.encode()
-            if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                value = dataclasses.asdict(value)
-            elif hasattr(value, "model_dump_json"):  # pydantic v2
-                dumped: str = value.model_dump_json()
-                return dumped.encode()
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            return _convert.encode(value)
         except (TypeError, ValueError) as exc:
             raise EncodeError(self.content_type, type(value), exc) from exc
 
     def decode(self, data: bytes, into: Any) -> Any:
-        if is_protobuf_type(into):
-            return json_format.Parse(data, into(), ignore_unknown_fields=True)
-        if isinstance(into, type) and hasattr(into, "model_validate_json"):  # pydantic v2
-            return into.model_validate_json(data)
-        value = json.loads(data)
-        if into is Any or into is None or into is object:
-            return value
-        if isinstance(into, type) and dataclasses.is_dataclass(into):
-            if not isinstance(value, dict):
-                raise TypeError(f"expected a JSON object for {into.__qualname__}")
-            # Unknown fields are ignored, as for protobuf: a publisher that adds a field
-            # must not break the subscribers that do not know it yet.
-            names = {f.name for f in dataclasses.fields(into) if f.init}
-            return into(**{key: item for key, item in value.items() if key in names})
-        origin = typing.get_origin(into) or into
-        if typing.is_typeddict(origin):
-            origin = dict
-        if (
-            isinstance(origin, type)
-            and not isinstance(value, origin)
-            and not (origin is float and type(value) is int)
-        ):
-            raise TypeError(f"expected JSON {origin.__name__}, got {type(value).__name__}")
-        return value
+        return _convert.decode(data, into)
 
 
 class RawCodec:
