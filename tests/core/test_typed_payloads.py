@@ -656,8 +656,10 @@ def test_parse_is_json_loads_on_any_bytes(data: bytes) -> None:
 
 # Round trips of generated dataclass trees ------------------------------------------------
 
-_offsets = st.timedeltas(
-    min_value=-dt.timedelta(hours=23, minutes=59), max_value=dt.timedelta(hours=23, minutes=59)
+# Whole seconds: Python's own datetime.fromisoformat drops the microseconds of a UTC offset
+# (no real zone has them; historical offsets have seconds, and those round-trip).
+_offsets = st.integers(min_value=-(23 * 3600 + 59 * 60), max_value=23 * 3600 + 59 * 60).map(
+    lambda seconds: dt.timedelta(seconds=seconds)
 )
 _zones = st.none() | st.builds(dt.timezone, _offsets)
 
@@ -811,9 +813,7 @@ async def test_a_typed_subscriber_gets_converted_values_and_bad_payloads_go_to_o
     errors = Errors()
     plugin(errors, f"errors-{id(errors)}")
     got = Inbox()
-    broker = microbroker.get_broker(
-        "memory", address=address, max_deliver=1, redelivery_delay=0.001
-    )
+    broker = microbroker.get_broker("memory", address=address)
     service = microbroker.Service("typed-payloads", broker=broker)
 
     @service.subscriber("orders")
@@ -845,7 +845,7 @@ async def test_a_typed_subscriber_gets_converted_values_and_bad_payloads_go_to_o
     assert isinstance(error.cause, ConversionError)
     assert error.cause.location == ("items", 1, "price")
     assert delivery is not None
-    assert delivery.nacked
+    assert delivery.rejected, "given up at once: the same bytes cannot decode on a retry"
 
 
 def test_the_pure_python_encoder_writes_what_the_c_one_writes() -> None:
