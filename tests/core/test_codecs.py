@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import microbroker
-from microbroker import codecs
+from microbroker import Message, codecs
 
 
 @dataclasses.dataclass
@@ -220,3 +221,42 @@ def test_a_codec_cannot_replace_a_built_in(plugin: Callable[..., str]) -> None:
         e.distribution == "hijack-codec" and "application/json" in str(e)
         for e in microbroker.plugin_errors()
     )
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "into", "expected"),
+    [
+        (
+            "application/grpc+proto",
+            wrappers_pb2.StringValue(value="from go").SerializeToString(),
+            wrappers_pb2.StringValue,
+            wrappers_pb2.StringValue(value="from go"),
+        ),
+        (
+            "application/grpc",
+            wrappers_pb2.StringValue(value="plain grpc").SerializeToString(),
+            wrappers_pb2.StringValue,
+            wrappers_pb2.StringValue(value="plain grpc"),
+        ),
+        ("application/grpc+json", b'{"value": "json"}', dict, {"value": "json"}),
+    ],
+)
+async def test_go_micro_grpc_content_types_decode_as_protobuf_and_json(
+    content_type: str, body: bytes, into: Any, expected: Any
+) -> None:
+    """go-micro's gRPC client publishes events with these types (an unframed body)."""
+    broker = microbroker.get_broker("memory", address=f"grpc-{content_type}")
+    service = microbroker.Service("grpc-aliases", broker=broker)
+    got: list[Any] = []
+    arrived = asyncio.Event()
+
+    async def handler(msg: Any) -> None:
+        got.append(msg)
+        arrived.set()
+
+    handler.__annotations__["msg"] = into
+    service.server.subscribe(service.server.new_subscriber("events", handler))
+    async with service:
+        await broker.publish("events", Message(body, {"Content-Type": content_type}))
+        await asyncio.wait_for(arrived.wait(), 5)
+    assert got == [expected]

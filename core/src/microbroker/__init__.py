@@ -18,6 +18,7 @@ from ._delivery import Delivery, Settlement
 from ._errors import (
     BrokerNotFound,
     CodecError,
+    ConversionError,
     DecodeError,
     EncodeError,
     GivenUp,
@@ -64,6 +65,7 @@ __all__ = [
     "Client",
     "CodecError",
     "Context",
+    "ConversionError",
     "DecodeError",
     "Delivery",
     "EncodeError",

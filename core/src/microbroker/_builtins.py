@@ -30,10 +30,16 @@ def register_registries(register: Callable[[str, Callable[..., Any]], None]) -> 
 @hookimpl
 def register_codecs(register: Callable[[str, codecs.Codec], None]) -> None:
     protobuf = codecs.ProtobufCodec()
+    json = codecs.JsonCodec()
     register(codecs.PROTOBUF, protobuf)
     register("application/x-protobuf", protobuf)
     register("application/proto", protobuf)
-    register(codecs.JSON, codecs.JsonCodec())
+    # go-micro's gRPC client publishes events with these (the body unframed, as its codecs
+    # marshal it): aliases, as in go-micro's own codec table.
+    register("application/grpc", protobuf)
+    register("application/grpc+proto", protobuf)
+    register("application/grpc+json", json)
+    register(codecs.JSON, json)
     register(codecs.OCTET_STREAM, codecs.RawCodec())
     register(codecs.TEXT, codecs.TextCodec())
 
