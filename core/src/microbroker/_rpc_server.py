@@ -583,6 +583,12 @@ class ServerRpc:
         engine: RpcServer | None = self.__dict__.get("_rpc_engine")
         return tuple(engine.handlers) if engine is not None else ()
 
+    def _rebind_rpc(self, broker: Broker) -> None:
+        """The server changed brokers (before it started): its RPC engine follows."""
+        engine: RpcServer | None = self.__dict__.get("_rpc_engine")
+        if engine is not None:
+            engine.broker = broker
+
     async def _start_rpc(self) -> None:
         engine: RpcServer | None = self.__dict__.get("_rpc_engine")
         if engine is not None:

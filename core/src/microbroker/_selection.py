@@ -6,8 +6,9 @@ import inspect
 import os
 from typing import Any
 
-from ._broker import Broker
-from ._errors import PluginError
+from ._broker import Broker, Handler, Subscriber
+from ._errors import PluginError, PluginNotFound
+from ._message import Message
 from ._plugins import Kind, PluginInfo, registry
 
 DEFAULT_BROKER = "http"
@@ -63,3 +64,46 @@ def _create(info: PluginInfo, options: dict[str, Any]) -> Any:
                 f"option(s) {', '.join(unknown)}; it takes: {', '.join(accepted)}"
             ) from exc
         raise
+
+
+class UnavailableBroker(Broker):
+    """Stands for a broker that could not be made (not installed, or broken), until it is used.
+
+    A :class:`~microbroker.Service` made from an environment whose
+    ``MICRO_BROKER`` names a broker that is not installed still registers its
+    subscribers and events, so that a test can give it another broker
+    (``microbroker.testing``); connecting raises the error that made it.
+    """
+
+    name = "unavailable"
+
+    def __init__(self, error: PluginNotFound | PluginError) -> None:
+        super().__init__()
+        self.error = error
+
+    @property
+    def connected(self) -> bool:
+        return False
+
+    async def connect(self) -> None:
+        raise self.error
+
+    async def disconnect(self) -> None:
+        return None
+
+    async def send(self, topic: str, message: Message, **options: object) -> None:
+        raise self.error
+
+    async def receive(
+        self,
+        topic: str,
+        deliver: Handler,
+        *,
+        queue: str | None,
+        auto_ack: bool,
+        **options: object,
+    ) -> Subscriber:
+        raise self.error
+
+    def __repr__(self) -> str:
+        return f"<UnavailableBroker: {self.error}>"

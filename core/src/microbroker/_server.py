@@ -9,11 +9,12 @@ import inspect
 import sys
 import typing
 from asyncio import current_task
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from . import codecs
 from ._broker import Broker, Handler, Subscriber
+from ._client import Client
 from ._context import Context
 from ._delivery import Delivery, _Contract
 from ._dispatch import settle_failure
@@ -24,7 +25,20 @@ from ._retry import RetryPolicy
 from ._rpc_server import ServerRpc
 from ._topics import check_topic
 
-SubscriberFunc = Callable[..., Awaitable[None]]
+SubscriberFunc = Callable[..., Any]
+"""``handler(message[, ctx])``: an async function, or a plain one (run in a worker thread)."""
+
+Call = Callable[[Any, Context], Awaitable[Any]]
+"""What a middleware calls to go on: ``await call(message, ctx)`` returns the handler's result."""
+
+Middleware = Callable[[Call, Any, Context], Awaitable[Any]]
+"""A per-subscriber wrapper: ``async def middleware(call, message, ctx)``.
+
+It runs around the handler, with the decoded message and its context, and
+must ``return await call(message, ctx)`` to go on (it may change the message,
+catch or raise, time or log). What it returns is the handler's result (the
+message published with ``publish_to``).
+"""
 
 # The task running a delivery, read once per delivery: ``_task_of(loop)``, with the loop
 # the handler was bound in (asyncio's C get_running_loop() makes a getpid() system call
@@ -56,15 +70,25 @@ class SubscriberSpec:
         auto_ack: bool = True,
         retry: RetryPolicy | None = None,
         max_concurrency: int = 1,
+        publish_to: str | None = None,
+        middleware: Sequence[Middleware] = (),
         options: dict[str, Any] | None = None,
     ) -> None:
         check_topic(topic)
+        if publish_to is not None:
+            check_topic(publish_to)
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
-        if not inspect.iscoroutinefunction(handler) and not inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None)  # noqa: B004
-        ):
-            raise TypeError(f"subscriber {handler!r} must be an async function")
+        if not callable(handler):
+            raise TypeError(f"subscriber {handler!r} must be a function")
+        for wrapper in middleware:
+            if not inspect.iscoroutinefunction(wrapper) and not inspect.iscoroutinefunction(
+                getattr(wrapper, "__call__", None)  # noqa: B004
+            ):
+                raise TypeError(
+                    f"middleware {wrapper!r} must be an async function "
+                    "(async def middleware(call, message, ctx))"
+                )
         self.topic = topic
         self.handler = handler
         self.queue = queue
@@ -74,8 +98,17 @@ class SubscriberSpec:
         self.retry = retry
         #: Handlers running at once for this subscription; above 1, order is not kept.
         self.max_concurrency = max_concurrency
+        #: The topic the handler's return value is published on (``None``: it is ignored).
+        self.publish_to = publish_to
+        #: Wrappers around the handler, outermost first (see :data:`Middleware`).
+        self.middleware: list[Middleware] = list(middleware)
         self.options = options or {}
         self.message_type, self.takes_context = _signature(handler)
+        #: Whether the handler is a plain function, run in a worker thread.
+        self.blocking = not (
+            inspect.iscoroutinefunction(handler)
+            or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004
+        )
 
     def __repr__(self) -> str:
         name = getattr(self.handler, "__qualname__", repr(self.handler))
@@ -127,6 +160,7 @@ class _TypedHandler:
     """Decodes each delivery into the subscriber's message type and calls it."""
 
     __slots__ = (
+        "_call",
         "_decoders",
         "_fn",
         "_in_flight",
@@ -137,7 +171,12 @@ class _TypedHandler:
         "_topic",
     )
 
-    def __init__(self, subscription: SubscriberSpec, in_flight: _InFlight) -> None:
+    def __init__(
+        self,
+        subscription: SubscriberSpec,
+        in_flight: _InFlight,
+        publisher: Client | None = None,
+    ) -> None:
         self._in_flight = in_flight
         # Made in the loop that will run its deliveries: the broker's, bound to this one.
         self._loop = asyncio.get_running_loop()
@@ -148,6 +187,11 @@ class _TypedHandler:
         self._raw = self._into in (Delivery, Message)
         # Content type (as sent) -> a function from body to value.
         self._decoders: dict[str, Callable[[bytes], Any]] = {}
+        # The handler with what wraps it (middleware, a worker thread, publish_to), or None
+        # for a plain async handler, called directly: the fast path.
+        self._call: Callable[[Any, Delivery], Awaitable[None]] | None = _composed(
+            subscription, publisher
+        )
 
     def __call__(self, delivery: Delivery) -> Coroutine[Any, Any, None]:
         """Decode and call; an exception (a :class:`DecodeError` too) goes to the caller."""
@@ -189,7 +233,10 @@ class _TypedHandler:
                             expected=self._into,
                             cause=exc,
                         ) from exc
-                if self._takes_ctx:
+                call = self._call
+                if call is not None:
+                    await call(value, delivery)
+                elif self._takes_ctx:
                     await self._fn(value, Context(delivery))
                 else:
                     await self._fn(value)
@@ -227,6 +274,59 @@ class _TypedHandler:
         return decode
 
 
+def _composed(
+    spec: SubscriberSpec, publisher: Client | None
+) -> Callable[[Any, Delivery], Awaitable[None]] | None:
+    """The handler of ``spec`` with its middleware, its thread and its ``publish_to``.
+
+    ``None`` when there is nothing around a plain async handler: it is then
+    called directly, one frame less per message.
+    """
+    if not spec.middleware and not spec.blocking and spec.publish_to is None:
+        return None
+    fn = spec.handler
+    takes_ctx = spec.takes_context
+    call: Call
+    if spec.blocking:
+
+        async def call(message: Any, ctx: Context) -> Any:
+            args = (message, ctx) if takes_ctx else (message,)
+            return await asyncio.to_thread(fn, *args)
+
+    elif takes_ctx:
+
+        async def call(message: Any, ctx: Context) -> Any:
+            return await fn(message, ctx)
+
+    else:
+
+        async def call(message: Any, ctx: Context) -> Any:
+            return await fn(message)
+
+    for wrapper in reversed(spec.middleware):
+        call = functools.partial(wrapper, call)
+    outermost = call
+    publish_to = spec.publish_to
+    if publish_to is None:
+
+        async def run(message: Any, delivery: Delivery) -> None:
+            await outermost(message, Context(delivery))
+
+        return run
+    if publisher is None:
+        raise MicrobrokerError(f"{spec!r} has publish_to={publish_to!r} but no client to publish")
+    client = publisher
+
+    async def run_and_publish(message: Any, delivery: Delivery) -> None:
+        result = await outermost(message, Context(delivery))
+        if result is not None:
+            # Published before the delivery is acked: a failed publish is a failed attempt,
+            # so the result is not lost.
+            await client.publish_value(publish_to, result, None, None, {})
+
+    return run_and_publish
+
+
 class Server(ServerRpc):
     """Hosts typed subscribers on a broker: go-micro's ``server.Server``.
 
@@ -238,12 +338,27 @@ class Server(ServerRpc):
 
     def __init__(self, service: str, broker: Broker) -> None:
         self.service = service
-        self.broker = broker
+        self._broker = broker
+        #: The client that publishes the results of ``publish_to`` subscribers (the
+        #: Service's own; a default Client on the broker when none was given).
+        self.publisher: Client | None = None
         self._subscriptions: list[SubscriberSpec] = []
         self._live: dict[SubscriberSpec, Subscriber] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._in_flight = _InFlight()
         self._started = False
+
+    @property
+    def broker(self) -> Broker:
+        """The broker the server subscribes on."""
+        return self._broker
+
+    @broker.setter
+    def broker(self, broker: Broker) -> None:
+        if self._started:
+            raise MicrobrokerError(f"cannot change the broker of {self!r}: it is started")
+        self._broker = broker
+        self._rebind_rpc(broker)
 
     @property
     def started(self) -> bool:
@@ -263,15 +378,23 @@ class Server(ServerRpc):
         auto_ack: bool = True,
         retry: RetryPolicy | None = None,
         max_concurrency: int = 1,
+        publish_to: str | None = None,
+        middleware: Sequence[Middleware] = (),
         **options: Any,
     ) -> SubscriberSpec:
         """Describe a typed subscriber: ``handler(message[, ctx])``, typed by its annotation.
 
-        ``retry`` retries a failing handler with backoff and then dead-letters the
-        message (see :class:`RetryPolicy`). ``max_concurrency`` runs up to that
-        many handlers at once (order is then not kept); the broker delivers no
-        more until one finishes, so a slow handler holds back delivery instead
-        of letting messages pile up in memory. Other ``options`` go to the broker.
+        The handler is an async function, or a plain one that then runs in a
+        worker thread (``asyncio.to_thread``), so that it cannot block the
+        event loop. ``retry`` retries a failing handler with backoff and then
+        dead-letters the message (see :class:`RetryPolicy`). ``max_concurrency``
+        runs up to that many handlers at once (order is then not kept); the
+        broker delivers no more until one finishes, so a slow handler holds
+        back delivery instead of letting messages pile up in memory.
+        ``publish_to`` publishes what the handler returns (unless ``None``) on
+        that topic, before the delivery is acked. ``middleware`` wraps the
+        handler (see :data:`Middleware`), outermost first. Other ``options`` go
+        to the broker.
         """
         return SubscriberSpec(
             topic,
@@ -280,6 +403,8 @@ class Server(ServerRpc):
             auto_ack=auto_ack,
             retry=retry,
             max_concurrency=max_concurrency,
+            publish_to=publish_to,
+            middleware=middleware,
             options=options,
         )
 
@@ -313,7 +438,12 @@ class Server(ServerRpc):
             raise
 
     async def _bind(self, subscription: SubscriberSpec) -> None:
-        handler: Handler = _TypedHandler(subscription, self._in_flight)
+        publisher = None
+        if subscription.publish_to is not None:
+            publisher = self.publisher
+            if publisher is None:
+                publisher = self.publisher = Client(self.broker)
+        handler: Handler = _TypedHandler(subscription, self._in_flight, publisher)
         options = dict(subscription.options)
         if subscription.max_concurrency > 1:
             options["max_concurrency"] = subscription.max_concurrency

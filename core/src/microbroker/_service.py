@@ -7,17 +7,18 @@ import logging
 import os
 import signal
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from ._broker import Broker
 from ._client import Client
+from ._errors import MicrobrokerError, PluginError, PluginNotFound
 from ._event import Event
 from ._retry import RetryPolicy
 from ._rpc_server import RpcHandler
-from ._selection import create, get_broker
-from ._server import Server, SubscriberFunc
+from ._selection import UnavailableBroker, create, get_broker
+from ._server import Middleware, Server, SubscriberFunc
 
 F = TypeVar("F", bound=SubscriberFunc)
 
@@ -44,26 +45,73 @@ class Service:
         """:param stop_timeout: seconds :meth:`stop` lets running handlers finish."""
         self.name = name
         self.stop_timeout = stop_timeout
-        self.broker = broker if broker is not None else get_broker()
-        self.client: Client = (
-            client
-            if client is not None
-            else create("client", os.environ.get("MICRO_CLIENT") or "default", broker=self.broker)
-        )
-        self.server: Server = (
-            server
-            if server is not None
-            else create(
-                "server",
-                os.environ.get("MICRO_SERVER") or "default",
-                service=name,
-                broker=self.broker,
-            )
-        )
+        # Made when first needed, so that a test (microbroker.testing) or an application can
+        # give the service another broker first, whatever MICRO_BROKER says.
+        self._broker = broker
+        self._client = client
+        self._server = server
         self._connected_here = False
         # The Events this service made, for its AsyncAPI document. Held weakly: an Event
         # made per publish (``service.event(t).publish(m)``) must not pile up here.
         self._events: weakref.WeakKeyDictionary[Event, None] = weakref.WeakKeyDictionary()
+
+    @property
+    def broker(self) -> Broker:
+        """The broker: the one given, else ``get_broker()`` (``MICRO_BROKER``), made when first used.
+
+        A broker that cannot be made (not installed) is an
+        :class:`UnavailableBroker`, whose ``connect()`` raises why.
+        """
+        broker = self._broker
+        if broker is None:
+            try:
+                broker = get_broker()
+            except (PluginNotFound, PluginError) as exc:
+                # Raised when the service connects; until then a test can give it a broker.
+                broker = UnavailableBroker(exc)
+            self._broker = broker
+            # A client or server made before (by a test run that lent its own broker).
+            if self._client is not None:
+                self._client.broker = broker
+            if self._server is not None:
+                self._server.broker = broker
+        return broker
+
+    @broker.setter
+    def broker(self, broker: Broker) -> None:
+        """Use ``broker`` from now on, in the client and the server too (the service is stopped)."""
+        if self._server is not None and self._server.started:
+            raise MicrobrokerError(f"cannot change the broker of {self!r}: it is started")
+        self._broker = broker
+        if self._client is not None:
+            self._client.broker = broker
+        if self._server is not None:
+            self._server.broker = broker
+            self._server.publisher = self.client
+
+    @property
+    def client(self) -> Client:
+        """The client: the one given, else the one ``MICRO_CLIENT`` names (``default``)."""
+        client = self._client
+        if client is None:
+            client = self._client = create(
+                "client", os.environ.get("MICRO_CLIENT") or "default", broker=self.broker
+            )
+        return client
+
+    @property
+    def server(self) -> Server:
+        """The server: the one given, else the one ``MICRO_SERVER`` names (``default``)."""
+        server = self._server
+        if server is None:
+            server = self._server = create(
+                "server",
+                os.environ.get("MICRO_SERVER") or "default",
+                service=self.name,
+                broker=self.broker,
+            )
+            server.publisher = self.client
+        return server
 
     def event(self, topic: str, *, content_type: str | None = None) -> Event:
         """A typed publisher for ``topic`` (go-micro's ``micro.NewEvent``)."""
@@ -84,11 +132,16 @@ class Service:
         auto_ack: bool = True,
         retry: RetryPolicy | None = None,
         max_concurrency: int = 1,
+        publish_to: str | None = None,
+        middleware: Sequence[Middleware] = (),
         **options: Any,
     ) -> Callable[[F], F]:
-        """Decorate an ``async def handler(message: T, ctx: Context)`` to subscribe it to ``topic``.
+        """Decorate ``async def handler(message: T, ctx: Context)`` to subscribe it to ``topic``.
 
-        The message is decoded into the handler's first parameter annotation.
+        The message is decoded into the handler's first parameter annotation. A
+        plain (not async) handler runs in a worker thread. ``publish_to``
+        publishes what the handler returns on that topic; ``middleware`` wraps
+        it (see :meth:`Server.new_subscriber`).
         """
 
         def decorate(handler: F) -> F:
@@ -100,6 +153,8 @@ class Service:
                     auto_ack=auto_ack,
                     retry=retry,
                     max_concurrency=max_concurrency,
+                    publish_to=publish_to,
+                    middleware=middleware,
                     **options,
                 )
             )

@@ -135,6 +135,20 @@ class MemoryBroker(Broker):
                 if _matches(pattern, topic):
                     await node.deliver(topic, body, message.headers)
 
+    async def idle(self) -> None:
+        """Wait until every subscription of this broker has handled all it was given.
+
+        Redeliveries that are due count: it returns when no handler is
+        running, no message waits in a mailbox and none is scheduled to come
+        back. For tests (``microbroker.testing`` waits on it after each publish).
+        """
+        while True:
+            busy = [sub for sub in self._subs if sub.busy]
+            if not busy:
+                return
+            for sub in busy:
+                await sub.settled()
+
     async def receive(
         self,
         topic: str,
@@ -274,6 +288,9 @@ class _MemorySubscriber(Subscriber):
         self._node = node
         self._deliver = deliver
         self._active = True
+        # Redeliveries scheduled and not yet back in the mailbox.
+        self._due = 0
+        self._back: asyncio.Event | None = None
         self._mailbox: Mailbox[_Item] = Mailbox(
             self._handle,
             capacity=broker.max_pending,
@@ -313,9 +330,32 @@ class _MemorySubscriber(Subscriber):
         message = delivery.message
         item = (delivery.topic, message.body, message.headers, delivery.attempt + 1)
         if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self.push, item)
+            self._due += 1
+            asyncio.get_running_loop().call_later(delay, self._come_back, item)
         else:
             self.push(item)
+
+    def _come_back(self, item: _Item) -> None:
+        self._due -= 1
+        self.push(item)
+        back = self._back
+        if back is not None:
+            back.set()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a message is being handled, waits in the mailbox, or is due back."""
+        mailbox = self._mailbox
+        return bool(len(mailbox) or mailbox.handling or (self._due and self._active))
+
+    async def settled(self) -> None:
+        """Wait until the mailbox is empty and idle, and no redelivery is due."""
+        while self.busy:
+            await self._mailbox.join()
+            if self._due and self._active:
+                back = self._back = asyncio.Event()
+                await back.wait()
+                self._back = None
 
     def _hand_back(self, item: _Item) -> None:
         """A message this subscription can no longer take: its group's, if it has one."""
