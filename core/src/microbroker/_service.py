@@ -57,7 +57,7 @@ class Service:
 
     @property
     def broker(self) -> Broker:
-        """The broker: the one given, else ``get_broker()`` (``MICRO_BROKER``), made when first used.
+        """The broker: the one given, else ``get_broker()`` (``MICRO_BROKER``), made on demand.
 
         A broker that cannot be made (not installed) is an
         :class:`UnavailableBroker`, whose ``connect()`` raises why.
