@@ -24,7 +24,10 @@ _CLIENT_CERT_HINT = (
 
 
 async def open_connection(
-    settings: NatsOptions, servers: list[str], closing: Callable[[], bool]
+    settings: NatsOptions,
+    servers: list[str],
+    closing: Callable[[], bool],
+    closed: Callable[[], None],
 ) -> NATS:
     """A connection to the first server of ``servers`` that takes it.
 
@@ -33,7 +36,8 @@ async def open_connection(
     to change; ``ValueError`` for a TLS or credentials file that cannot be used.
     Once connected, a lost connection is retried as the options say
     (``max_reconnect_attempts``); ``closing()`` tells a lost connection from
-    the broker's own disconnect.
+    the broker's own disconnect, and ``closed()`` is called once the connection
+    is closed for good (by the broker, or after the reconnection attempts).
     """
     failures: list[BaseException] = []
     connecting = True
@@ -49,6 +53,10 @@ async def open_connection(
         if not closing() and not connecting:
             logger.warning("nats: disconnected from %s, reconnecting", servers)
 
+    async def on_closed() -> None:
+        if not connecting:
+            closed()
+
     async def on_reconnected() -> None:
         url = nc.connected_url
         logger.warning("nats: reconnected to %s", url.netloc if url else "?")
@@ -62,6 +70,7 @@ async def open_connection(
             error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
+            closed_cb=on_closed,
             allow_reconnect=True,
             # nats-py counts attempts beyond the first, and treats 0 as "forever".
             max_reconnect_attempts=max(1, settings.connect_attempts - 1),

@@ -89,8 +89,8 @@ class Publisher:
         self.limit = declared_size(
             self.max_payload, jetstream=streams is not None, envelope=self.envelope
         )
-        # Core NATS through FastClient, without the envelope: the lean path.
-        self._lean = type(nc) is FastClient and streams is None and not self.envelope
+        #: Core NATS through FastClient, without the envelope: the lean write path.
+        self.lean = type(nc) is FastClient and streams is None and not self.envelope
         self._near = self.max_payload - _NEAR
         #: JetStream publishes waiting for their acknowledgement, for disconnect to wait on.
         self.in_flight = 0
@@ -100,10 +100,10 @@ class Publisher:
         """Publish ``message`` on ``topic`` (checked by ``Broker.publish`` already)."""
         if "*" in topic or ">" in topic:
             check_literal(topic)
-        if self._lean and not options:
+        if self.lean and not options:
             body = message.body
             headers = message.headers or None
-            nc: FastClient = self.nc  # type: ignore[assignment]  # _lean says so
+            nc: FastClient = self.nc  # type: ignore[assignment]  # lean says so
             try:
                 state = nc.write_publish(topic, body, headers)
                 if state == WRITE_DONE:

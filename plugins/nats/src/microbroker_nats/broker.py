@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
 from typing import Any
 
 import nats.errors
@@ -23,6 +22,7 @@ from microbroker import Capabilities, Message, NotConnected, Subscriber
 from microbroker.transport import Broker, Handler, check_topic
 
 from . import _connection
+from ._client import WRITE_DONE, WRITE_FALLBACK, WRITE_FORCE, FastClient
 from ._delivery import JetStreamDelivery, NatsDelivery
 from ._jetstream import Streams, durable_name
 from ._publishing import Publisher, declared_size
@@ -79,12 +79,20 @@ class NatsBroker(Broker):
         self._publisher: Publisher | None = None
         self._streams: Streams | None = None
         self._closing = False
+        # Connected and not closing: read on every publish, so kept as one flag.
+        self._open = False
+        # The connection and its Publisher while publishes can take the lean path.
+        self._lean: tuple[FastClient, Publisher] | None = None
         self._subs: set[NatsSubscriber] = set()
 
     @property
     def connected(self) -> bool:
-        nc = self._nc
-        return nc is not None and not self._closing and not nc.is_closed
+        return self._open
+
+    def _closed(self) -> None:
+        """The connection closed for good (nats-py gave up reconnecting, or disconnect)."""
+        self._open = False
+        self._lean = None
 
     @property
     def client(self) -> NATS:
@@ -99,7 +107,9 @@ class NatsBroker(Broker):
         if self._nc is not None:
             return
         settings = self.settings
-        nc = await _connection.open_connection(settings, self.servers, lambda: self._closing)
+        nc = await _connection.open_connection(
+            settings, self.servers, lambda: self._closing, self._closed
+        )
         streams = None
         if settings.jetstream:
             try:
@@ -111,14 +121,19 @@ class NatsBroker(Broker):
                 raise
         self.capabilities = capabilities(settings, nc.max_payload)
         self._streams = streams
-        self._publisher = Publisher(nc, settings, streams)
+        publisher = self._publisher = Publisher(nc, settings, streams)
         self._nc = nc
+        if type(nc) is FastClient and publisher.lean:
+            self._lean = (nc, publisher)
+        self._open = not nc.is_closed
 
     async def disconnect(self) -> None:
         nc = self._nc
         if nc is None or self._closing:
             return
         self._closing = True
+        self._open = False
+        self._lean = None
         try:
             if self._publisher is not None:
                 # JetStream publishes waiting for their acknowledgement finish first.
@@ -135,7 +150,7 @@ class NatsBroker(Broker):
 
     # Publishing ---------------------------------------------------------------------
 
-    def send(self, topic: str, message: Message, **options: Any) -> Coroutine[Any, Any, None]:
+    async def send(self, topic: str, message: Message, **options: Any) -> None:
         """Publish ``message`` on ``topic`` (``Broker.publish`` checked it first).
 
         Core NATS hands the message to the connection (buffered while
@@ -144,10 +159,27 @@ class NatsBroker(Broker):
         default the ``Micro-ID`` header, read in any case) and ``timeout``
         apply there.
         """
+        lean = self._lean
+        if lean is not None and not options and "*" not in topic and ">" not in topic:
+            # The hot path, here rather than one call further (Publisher.send has the same).
+            nc = lean[0]
+            body = message.body
+            headers = message.headers or None
+            try:
+                state = nc.write_publish(topic, body, headers)
+                if state == WRITE_DONE:
+                    return
+                if state != WRITE_FALLBACK:
+                    await nc.kick(state == WRITE_FORCE)
+                    return
+                await nc.publish(topic, body, headers=headers)
+            except nats.errors.Error as exc:
+                raise lean[1].error(topic, message, exc) from exc
+            return
         publisher = self._publisher
         if publisher is None or self._closing:
             raise NotConnected("the nats broker is not connected")
-        return publisher.send(topic, message, options)
+        await publisher.send(topic, message, options)
 
     async def request(self, topic: str, message: Message, *, timeout: float = 5.0) -> Message:
         """Send ``message`` as a request on ``topic`` and return the reply.
