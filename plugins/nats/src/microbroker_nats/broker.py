@@ -105,7 +105,10 @@ class NatsBroker(Broker):
 
     async def connect(self) -> None:
         if self._nc is not None:
-            return
+            if self._open:
+                return
+            # nats-py gave up reconnecting: start again with a new connection.
+            await self.disconnect()
         settings = self.settings
         nc = await _connection.open_connection(
             settings, self.servers, lambda: self._closing, self._closed
