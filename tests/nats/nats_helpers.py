@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 from nats.aio.client import Client
 from support.eventually import eventually
 
 from microbroker import Delivery
 from microbroker_nats._client import round_trip
 
-__all__ = ["Recorder", "eventually", "synced"]
+__all__ = ["Recorder", "eventually", "eventually_async", "synced"]
+
+
+async def eventually_async(
+    predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0
+) -> None:
+    """:func:`eventually` for a condition that must ask the server (a consumer's info)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        await asyncio.sleep(0.05)
 
 
 async def synced(nc: Client) -> None:

@@ -168,24 +168,6 @@ async def test_queue_group_is_a_nats_queue_subscription(nats_server: NatsServer)
         await raw.close()
 
 
-async def test_max_message_size_comes_from_the_server(
-    new_nats_server: Callable[..., NatsServer],
-) -> None:
-    server = new_nats_server(max_payload=3 * 1024 * 1024)
-    broker = NatsBroker(server.url)
-    # Before connecting, the broker can only assume the option (nats-server's default).
-    assert broker.capabilities.max_message_size == 1024 * 1024
-    async with broker:
-        assert broker.capabilities.max_message_size == 3 * 1024 * 1024
-        inbox = Recorder()
-        await broker.subscribe("big", inbox)
-        await broker.publish("big", microbroker.Message(b"\1" * (2 * 1024 * 1024)))
-        with pytest.raises(microbroker.PublishError, match="max_payload"):
-            await broker.publish("big", microbroker.Message(b"\0" * (3 * 1024 * 1024 + 1)))
-        await eventually(lambda: len(inbox) == 1, "the 2 MiB message")
-        assert broker.connected
-
-
 async def test_disconnect_drains_what_is_in_flight(nats_server: NatsServer) -> None:
     """Messages the server already sent are handled before disconnect() returns."""
     handled: list[bytes] = []

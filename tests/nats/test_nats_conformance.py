@@ -1,4 +1,8 @@
-"""The conformance suite, in both modes of the nats broker, against a real nats-server."""
+"""The conformance suite, in every mode of the nats broker, against a real nats-server.
+
+Every broker has its default options and every server nats-server's default
+settings (max_payload 1 MiB): what a user gets with a stock server.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ class TestCoreNats(BrokerConformance):
 
     @pytest.fixture
     def broker_factory(self, nats_server: NatsServer) -> BrokerFactory:
-        return lambda: NatsBroker(nats_server.url, max_payload=nats_server.max_payload)
+        return lambda: NatsBroker(nats_server.url)
 
     @pytest.fixture
     def restart_server(self, nats_server: NatsServer) -> RestartServer:
@@ -26,12 +30,7 @@ class TestJetStream(BrokerConformance):
 
     @pytest.fixture
     def broker_factory(self, jetstream_server: NatsServer) -> BrokerFactory:
-        return lambda: NatsBroker(
-            jetstream_server.url,
-            jetstream=True,
-            max_payload=jetstream_server.max_payload,
-            ack_wait=5.0,
-        )
+        return lambda: NatsBroker(jetstream_server.url, jetstream=True)
 
     @pytest.fixture
     def restart_server(self, jetstream_server: NatsServer) -> RestartServer:
@@ -43,10 +42,32 @@ class TestCoreNatsPlainClient(BrokerConformance):
 
     @pytest.fixture
     def broker_factory(self, nats_server: NatsServer) -> BrokerFactory:
-        return lambda: NatsBroker(
-            nats_server.url, max_payload=nats_server.max_payload, fast_path=False
-        )
+        return lambda: NatsBroker(nats_server.url, fast_path=False)
 
     @pytest.fixture
     def restart_server(self, nats_server: NatsServer) -> RestartServer:
         return nats_server.restart
+
+
+class TestCoreNatsEnvelope(BrokerConformance):
+    """Core NATS with go-micro's JSON envelope (``envelope=True``): its own size limit."""
+
+    @pytest.fixture
+    def broker_factory(self, nats_server: NatsServer) -> BrokerFactory:
+        return lambda: NatsBroker(nats_server.url, envelope=True)
+
+    @pytest.fixture
+    def restart_server(self, nats_server: NatsServer) -> RestartServer:
+        return nats_server.restart
+
+
+class TestJetStreamEnvelope(BrokerConformance):
+    """JetStream with go-micro's JSON envelope: the message id the one NATS header."""
+
+    @pytest.fixture
+    def broker_factory(self, jetstream_server: NatsServer) -> BrokerFactory:
+        return lambda: NatsBroker(jetstream_server.url, jetstream=True, envelope=True)
+
+    @pytest.fixture
+    def restart_server(self, jetstream_server: NatsServer) -> RestartServer:
+        return jetstream_server.restart

@@ -184,3 +184,31 @@ async def test_jetstream_loses_nothing_across_a_network_stall(
     finally:
         await pub.disconnect()
         await sub.disconnect()
+
+
+async def test_connect_again_after_the_client_gave_up_reconnecting(
+    new_nats_server: Callable[..., NatsServer],
+) -> None:
+    """With max_reconnect_attempts spent the connection closes for good: connected turns
+    false, and connect() makes a new connection once the server is back."""
+    server = new_nats_server()
+    broker = NatsBroker(server.url, reconnect_time_wait=0.05, max_reconnect_attempts=1)
+    await broker.connect()
+    try:
+        await asyncio.to_thread(server.kill)
+        await eventually(lambda: not broker.connected, "the connection closed for good", 30)
+        with pytest.raises(microbroker.NotConnected):
+            await broker.publish("again.x", microbroker.Message(b"x"))
+        await asyncio.to_thread(server.start)
+        await broker.connect()
+        assert broker.connected
+        inbox: list[bytes] = []
+
+        async def handler(delivery: microbroker.Delivery) -> None:
+            inbox.append(delivery.message.body)
+
+        await broker.subscribe("again.x", handler)
+        await broker.publish("again.x", microbroker.Message(b"back"))
+        await eventually(lambda: inbox == [b"back"], "a message on the new connection")
+    finally:
+        await broker.disconnect()

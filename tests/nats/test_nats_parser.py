@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
+from microbroker.transport import Mailbox, Overflow
+from microbroker_nats import _client
 from microbroker_nats._client import FastParser
 
 SUBJECTS = [b"orders.created", b"a", b"_INBOX.x7Yh2.1"]
@@ -120,26 +122,26 @@ def test_a_malformed_message_line_is_a_protocol_error(line: bytes) -> None:
         asyncio.run(FastParser(Recorder()).parse(line + b"abc\r\n"))
 
 
-async def test_a_subscription_past_its_pending_limit_drops_and_says_so(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Core NATS's slow-consumer rule: past PENDING_LIMIT unhandled messages, new ones
-    are dropped (and counted, with a warning), not queued without bound."""
-    from microbroker_nats import _client
-
-    monkeypatch.setattr(_client, "PENDING_LIMIT", 3)
+async def test_the_reader_fills_a_mailbox_inline_and_hands_on_what_it_refuses() -> None:
+    """Messages go from the parser straight into the subscription's mailbox, without a
+    coroutine per message; what a full mailbox refuses goes to the subscription's
+    ``refused`` (which reports or hands back: see test_nats_overflow), never nowhere."""
     nc = _client.FastClient()
+    handled: list[bytes] = []
 
-    async def never_called(*args: object) -> None:
-        raise AssertionError("the worker is not running in this test")
+    async def handle(item: _client.Item) -> None:
+        handled.append(item[2])
 
-    sink = _client.Sink(never_called, "test")
-    sink._closed = True  # the worker stops at once: messages stay queued
-    nc._sinks[1] = sink
+    mailbox: Mailbox[_client.Item] = Mailbox(handle, capacity=3, overflow=Overflow.REFUSE)
+    refused: list[_client.Item] = []
+    nc._sinks[1] = (mailbox.offer, refused.append)
     nc._subs[1] = object()  # type: ignore[assignment]
     stream = b"".join(msg_op(1, b"orders", b"", b"", b"%d" % n) for n in range(5))
+    # The worker has not run yet: parsing does not yield to it.
     await FastParser(nc).parse(stream)
-    assert [item[2] for item in sink._items] == [b"0", b"1", b"2"]
-    assert sink.dropped == 2
-    assert "slow consumer on 'orders': 1 messages dropped" in caplog.text
-    await sink.close()
+    assert len(mailbox) == 3
+    assert [item[2] for item in refused] == [b"3", b"4"]
+    assert refused[0][:2] == ("orders", "")
+    await mailbox.join()
+    assert handled == [b"0", b"1", b"2"]
+    assert await mailbox.close() == []

@@ -102,3 +102,22 @@ async def test_a_failing_responder_answers_with_micro_error(nats_server: NatsSer
             assert any(isinstance(e, ValueError) for e in errors)
     finally:
         microbroker.unregister_plugin(catcher)
+
+
+async def test_a_request_is_checked_as_a_publish_is(nats_server: NatsServer) -> None:
+    """request() goes around Broker.publish: it applies the same header and size checks."""
+
+    async def echo(delivery: NatsDelivery) -> microbroker.Message:
+        return microbroker.Message(delivery.message.body)
+
+    async with NatsBroker(nats_server.url) as broker:
+        await broker.serve("checked.echo", echo)
+        with pytest.raises(microbroker.InvalidHeader):
+            await broker.request("checked.echo", microbroker.Message(b"x", {"X": "a\r\nY: b"}))
+        limit = broker.capabilities.max_message_size
+        assert limit is not None
+        with pytest.raises(microbroker.MessageTooLarge):
+            await broker.request("checked.echo", microbroker.Message(b"\0" * (limit + 1)))
+        reply = await broker.request("checked.echo", microbroker.Message(b"\1" * limit))
+        assert reply.body == b"\1" * limit
+        assert broker.connected

@@ -15,10 +15,6 @@ from typing import Protocol
 from .certificates import Certificate, CertificateAuthority
 from .process import HOST, ServerProcess, find_binary, unavailable
 
-#: The largest message the test servers accept. Above nats-server's 1 MiB
-#: default so that a 1 MiB body plus its headers fits, as the conformance suite needs.
-MAX_PAYLOAD = 2 * 1024 * 1024
-
 
 class OperatorConfig(Protocol):
     """What operator mode needs from a JWT helper (``support.nats_jwt.Operator``)."""
@@ -45,7 +41,8 @@ class NatsServer(ServerProcess):
         (kept across :meth:`restart`, so that streams and consumers survive it).
     :param token: require this auth token.
     :param user: require this user name (with ``password``).
-    :param max_payload: the server's ``max_payload``.
+    :param max_payload: the server's ``max_payload``; ``None`` (the default) leaves
+        nats-server's own default (1 MiB), as a stock server has it.
     :param tls: require TLS, with a certificate for ``127.0.0.1`` issued by a CA
         made for this server (:attr:`authority`; clients trust :attr:`ca_file`).
     :param tls_verify: with ``tls``, also require a client certificate issued by
@@ -67,7 +64,7 @@ class NatsServer(ServerProcess):
         token: str | None = None,
         user: str | None = None,
         password: str | None = None,
-        max_payload: int = MAX_PAYLOAD,
+        max_payload: int | None = None,
         tls: bool = False,
         tls_verify: bool = False,
         tls_allow_non_tls: bool = False,
@@ -117,7 +114,7 @@ class NatsServer(ServerProcess):
 
     def _argv(self, port: int) -> list[str]:
         config = self.workdir / "nats.conf"
-        lines = [f"max_payload: {self.max_payload}"]
+        lines = [] if self.max_payload is None else [f"max_payload: {self.max_payload}"]
         if self.token is not None:
             lines.append(f'authorization {{ token: "{self.token}" }}')
         elif self.user is not None:

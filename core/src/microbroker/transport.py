@@ -15,7 +15,9 @@ event hooks, the retry policy). What a transport composes from here:
   transport's own waits too: reconnects, retried sends);
 - the header names and checks (:func:`check_headers`, :func:`header_size`,
   :func:`header_pairs`) and :func:`check_topic`;
-- :func:`report_error`, for what a transport cannot hand to a caller.
+- :func:`report_error`, for what a transport cannot hand to a caller;
+- :func:`encode_envelope` and :func:`decode_envelope`, go-micro's JSON
+  envelope, for a transport that carries headers inside the payload.
 
 ``docs/writing-a-plugin.md`` walks through a broker built on these, and
 ``examples/plugin-template`` is one to copy.
@@ -23,6 +25,7 @@ event hooks, the retry policy). What a transport composes from here:
 
 from ._broker import Broker, Capabilities, Handler, Subscriber
 from ._delivery import Delivery, Settlement, dead_letter_message
+from ._envelope import EnvelopeError, decode_envelope, encode_envelope
 from ._errors import (
     GivenUp,
     InvalidHeader,
@@ -70,6 +73,7 @@ __all__ = [
     "Broker",
     "Capabilities",
     "Delivery",
+    "EnvelopeError",
     "Flow",
     "GivenUp",
     "Handler",
@@ -91,6 +95,8 @@ __all__ = [
     "check_headers",
     "check_topic",
     "dead_letter_message",
+    "decode_envelope",
+    "encode_envelope",
     "header_pairs",
     "header_size",
     "new_message_id",

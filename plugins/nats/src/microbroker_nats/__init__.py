@@ -4,18 +4,27 @@ Install it next to ``microbroker`` and select it by name::
 
     MICRO_BROKER=nats MICRO_BROKER_ADDRESS=nats://10.0.0.1:4222,nats://10.0.0.2:4222
 
-or ``microbroker.get_broker("nats", address=..., jetstream=True)``.
+or ``microbroker.get_broker("nats", address=..., jetstream=True)``. The broker is
+built on the core's public transport toolkit (``microbroker.transport``).
 """
 
 from __future__ import annotations
 
-from .broker import NatsBroker, NatsDelivery, NatsSubscriber, Responder, durable_name
+from .broker import (
+    JetStreamDelivery,
+    NatsBroker,
+    NatsDelivery,
+    NatsSubscriber,
+    Responder,
+    durable_name,
+)
 from .errors import (
     NatsAuthError,
     NatsConnectError,
     NatsError,
     NoResponders,
     RequestTimeout,
+    SlowConsumer,
     StreamError,
 )
 from .options import NatsOptions
@@ -23,6 +32,7 @@ from .options import NatsOptions
 __version__ = "0.1.0"
 
 __all__ = [
+    "JetStreamDelivery",
     "NatsAuthError",
     "NatsBroker",
     "NatsConnectError",
@@ -33,6 +43,7 @@ __all__ = [
     "NoResponders",
     "RequestTimeout",
     "Responder",
+    "SlowConsumer",
     "StreamError",
     "__version__",
     "durable_name",

@@ -1,23 +1,22 @@
-"""nats-py's client with a faster header path: the same wire format and the same checks.
+"""nats-py's client with a faster message path: the same wire format and the same checks.
 
 Every typed Event carries three headers (``Content-Type``, ``Micro-Topic``,
-``Micro-Id``), and nats-py encodes and parses headers with per-character Python
+``Micro-ID``), and nats-py encodes and parses headers with per-character Python
 work that costs more than the rest of a publish->deliver together. This client
-overrides the two routines that do it (both private to nats-py, so the
-override is checked against the installed version and dropped when they are
-missing): header names are validated once and their encoding cached, values
-are only translated when they hold CR or LF, and names are decoded once.
+overrides the routines that do it (private to nats-py, so the override is
+checked against the installed version and dropped when they are missing):
+header names are validated once and their encoding cached, and names are
+decoded once. Messages of microbroker's subscriptions go from the reader
+straight into each subscription's :class:`~microbroker.transport.Mailbox`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import re
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client, _validate_subject
@@ -41,7 +40,10 @@ _CRLF = b"\r\n"
 _HEADER_LINE = b"NATS/1.0\r\n"
 # The token characters of RFC 7230, as nats-py itself accepts for a header name.
 _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+#: The framing of a NATS header block: ``NATS/1.0`` CRLF and the final CRLF, then
+#: ``": "`` and CRLF for each header.
+BLOCK_FRAMING = len(_HEADER_LINE) + len(_CRLF)
+HEADER_FRAMING = len(b": ") + len(_CRLF)
 _CACHE_LIMIT = 4096
 
 # Header names seen before that are valid as they are (no surrounding spaces).
@@ -56,18 +58,20 @@ _parsed_lines: dict[bytes, tuple[str, str]] = {}
 _control_lines: dict[bytes, tuple[int, bytes, bytes, int, int]] = {}
 _CACHED_VALUE = 200
 # Headers unique to each message: caching them would only churn the cache.
-_UNIQUE_NAMES = frozenset({"Micro-Id", "Nats-Msg-Id", "micro-id", "MICRO-ID"})
+_UNIQUE_NAMES = frozenset({"Micro-ID", "Micro-Id", "Nats-Msg-Id", "micro-id", "MICRO-ID"})
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
     """The NATS header block for ``headers``, as nats-py writes it.
 
     Names seen before and values without CR or LF (the common case) take one
-    formatted line each; anything else takes nats-py's own rules (names
-    stripped and checked, blank names skipped, CR and LF in values made
-    spaces). Unlike nats-py, a value is sent as it is rather than stripped:
-    receivers strip the ASCII spaces around it when they parse the block, and
-    any other character the publisher put there arrives.
+    formatted line each; anything else takes nats-py's rules (names stripped
+    and checked, blank names skipped). A value holding CR or LF is refused
+    (``BadHeaderError``), never rewritten: it would split the block.
+    ``Broker.publish`` refuses such headers before they get here
+    (:class:`~microbroker.InvalidHeader`); this guards the client's other
+    users. Unlike nats-py, a value is sent as it is rather than stripped:
+    receivers strip the ASCII spaces around it when they parse the block.
     """
     valid = _valid_names
     parts = ["NATS/1.0\r\n"]
@@ -90,11 +94,24 @@ def _encode_headers_slowly(headers: dict[str, str]) -> bytes:
             raise BadHeaderError(key)
         if not isinstance(value, str):
             raise BadHeaderError(f"the value of header {key!r} is not a str: {value!r}")
+        if "\r" in value or "\n" in value:
+            raise BadHeaderError(f"the value of header {key!r} holds CR or LF: {value!r}")
         if key == name and len(_valid_names) < _CACHE_LIMIT:
             _valid_names.add(name)
-        parts.append(key.encode() + b": " + value.translate(_NEWLINES).encode() + _CRLF)
+        parts.append(key.encode() + b": " + value.encode() + _CRLF)
     parts.append(_CRLF)
     return b"".join(parts)
+
+
+def header_block_size(headers: dict[str, str]) -> int:
+    """The bytes of the NATS header block :func:`encode_headers` writes for ``headers``.
+
+    ``NATS/1.0`` and the blank line that ends the block (12 bytes), then
+    ``Name: Value`` and CRLF per header (4 bytes of framing each).
+    """
+    return BLOCK_FRAMING + sum(
+        len(name) + len(value.encode()) + HEADER_FRAMING for name, value in headers.items()
+    )
 
 
 def parse_header_lines(raw: bytes) -> dict[str, str]:
@@ -277,113 +294,16 @@ Headers = bytes | dict[str, str] | None
 """A message's headers as the connection has them: the raw NATS header block
 (from :class:`FastClient`, parsed only when read), nats-py's parsed dict, or none."""
 
-OnMessage = Callable[[str, str, bytes, Headers], Awaitable[None]]
-"""What a subscription runs per message: ``(subject, reply, body, headers)``."""
+Item = tuple[str, str, bytes, Headers]
+"""A received message as a subscription's mailbox holds it: ``(subject, reply, body, headers)``."""
 
-#: Messages a subscription may hold unhandled before new ones are dropped (core
-#: NATS's slow-consumer rule, as nats-py applies it); JetStream is bounded by max_ack_pending.
-PENDING_LIMIT = 512 * 1024
-_YIELD_EVERY = 256
+Offer = Callable[[Item], bool]
+"""A subscription's way in: queue the item now, ``False`` when refused (its mailbox is full)."""
+
+Refused = Callable[[Item], None]
+"""What a subscription does with an item its mailbox refused (report it, hand it back)."""
 
 WRITE_DONE, WRITE_KICK, WRITE_FORCE, WRITE_FALLBACK = range(4)
-
-
-class Sink:
-    """The queue and worker of one subscription: messages are handled one at a time, in order."""
-
-    __slots__ = (
-        "_closed",
-        "_handling",
-        "_idle",
-        "_items",
-        "_on_message",
-        "_task",
-        "_waiter",
-        "dropped",
-    )
-
-    def __init__(self, on_message: OnMessage, name: str) -> None:
-        self._on_message = on_message
-        self._items: deque[tuple[str, str, bytes, Headers]] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._idle: asyncio.Future[None] | None = None
-        self._handling = False
-        self._closed = False
-        self.dropped = 0
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
-
-    def push(self, item: tuple[str, str, bytes, Headers]) -> None:
-        """Queue ``(subject, reply, body, headers)``; past PENDING_LIMIT it is dropped
-        and counted (core NATS's slow-consumer rule)."""
-        items = self._items
-        if len(items) >= PENDING_LIMIT:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 10_000 == 0:
-                logger.warning(
-                    "nats: slow consumer on %r: %d messages dropped, the handler is too slow",
-                    item[0],
-                    self.dropped,
-                )
-            return
-        items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _run(self) -> None:
-        items = self._items
-        on_message = self._on_message
-        loop = asyncio.get_running_loop()
-        count = 0
-        while not self._closed:
-            if not items:
-                idle = self._idle
-                if idle is not None and not idle.done():
-                    idle.set_result(None)
-                self._waiter = loop.create_future()
-                await self._waiter
-                self._waiter = None
-                continue
-            subject, reply, data, headers = items.popleft()
-            self._handling = True
-            try:
-                await on_message(subject, reply, data, headers)
-            except Exception:
-                logger.exception("nats: handling a message on %r failed", subject)
-            finally:
-                self._handling = False
-            count += 1
-            if count == _YIELD_EVERY:
-                # A handler that never suspends would otherwise starve every other task.
-                count = 0
-                await asyncio.sleep(0)
-
-    @property
-    def task(self) -> asyncio.Task[None]:
-        return self._task
-
-    async def join(self) -> None:
-        """Wait until every message pushed so far has been handled."""
-        if not self._items and not self._handling:
-            return
-        if asyncio.current_task() is self._task:
-            return  # from inside a handler: waiting for ourselves would never end
-        self._idle = asyncio.get_running_loop().create_future()
-        await self._idle
-
-    async def close(self) -> None:
-        """Stop the worker; messages not yet handled are dropped."""
-        self._closed = True
-        self._items.clear()
-        task = self._task
-        if task is asyncio.current_task() or task.done():
-            return
-        if self._handling:
-            # Let the running handler finish its message; the worker then sleeps and is cancelled.
-            await self.join()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class SafeClient(Client):
@@ -449,7 +369,7 @@ class FastClient(SafeClient):
 
     Messages of a subscription made with :meth:`subscribe_sink` skip nats-py's
     per-message ``Msg`` object and ``asyncio.Queue``: the reader hands them
-    (subject, reply, body, headers) to the subscription's :class:`Sink`.
+    (subject, reply, body, headers) to the subscription's mailbox.
     :meth:`publish_fast` writes the protocol command directly while connected
     and defers to :meth:`publish` otherwise (reconnect buffering, errors).
     """
@@ -457,14 +377,21 @@ class FastClient(SafeClient):
     def __init__(self) -> None:
         super().__init__()
         self._ps = FastParser(self)
-        self._sinks: dict[int, Sink] = {}
+        self._sinks: dict[int, tuple[Offer, Refused]] = {}
         self._valid_subjects: set[str] = set()
 
-    async def subscribe_sink(self, subject: str, queue: str, sink: Sink) -> Subscription:
-        """Subscribe ``subject`` (in queue group ``queue``), delivering to ``sink``."""
+    async def subscribe_sink(
+        self, subject: str, queue: str, offer: Offer, refused: Refused
+    ) -> Subscription:
+        """Subscribe ``subject`` (in queue group ``queue``): each message goes to ``offer``.
+
+        The reader calls ``offer`` inline, without a coroutine; a message it
+        refuses goes to ``refused``.
+        """
         # subscribe() takes the next sid before its first await, so no message can
         # arrive for it before the sink is in place.
         sid = self._sid + 1
+        sink = (offer, refused)
         self._sinks[sid] = sink
         try:
             sub = await self.subscribe(subject, queue=queue)
@@ -482,7 +409,7 @@ class FastClient(SafeClient):
     def deliver_to_sink(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> bool:
-        """Hand a message to its subscription's sink; ``False`` when it has none."""
+        """Hand a message to its subscription's mailbox; ``False`` when it has none."""
         sink = self._sinks.get(sid)
         if sink is None or sid not in self._subs:
             return False
@@ -500,7 +427,9 @@ class FastClient(SafeClient):
             if len(_subjects) < _CACHE_LIMIT:
                 _subjects[subject] = name
         # The header block is parsed by the delivery, when (and if) it is read.
-        sink.push((name, reply.decode() if reply else "", data, headers))
+        item = (name, reply.decode() if reply else "", data, headers)
+        if not sink[0](item):
+            sink[1](item)
         return True
 
     async def _process_msg(
@@ -531,17 +460,20 @@ class FastClient(SafeClient):
             if len(self._valid_subjects) < _CACHE_LIMIT:
                 self._valid_subjects.add(subject)
         size = len(payload)
-        if size > self._max_payload:
-            raise MaxPayloadError
         # The command's parts go to the buffer as they are (the flusher writes them with
         # writelines): no copy of the payload into one command.
         if headers:
             hdr = encode_headers(headers)
             hdr_len = len(hdr)
+            # The server's limit is on the header block and the payload together.
+            if hdr_len + size > self._max_payload:
+                raise MaxPayloadError
             line = f"HPUB {subject}  {hdr_len} {hdr_len + size}\r\n".encode()
             self._pending += (line, hdr, payload, _CRLF)
             self._pending_data_size += len(line) + hdr_len + size + 2
         else:
+            if size > self._max_payload:
+                raise MaxPayloadError
             line = f"PUB {subject}  {size}\r\n".encode()
             self._pending += (line, payload, _CRLF)
             self._pending_data_size += len(line) + size + 2
@@ -585,6 +517,9 @@ class FastClient(SafeClient):
             raise BadSubjectError
         hdr = encode_headers(headers)
         hdr_len = len(hdr)
+        # nats-py checks the payload alone; the server's limit is on both together.
+        if hdr_len + payload_size > self._max_payload:
+            raise MaxPayloadError
         command = (
             f"HPUB {subject} {reply} {hdr_len} {hdr_len + payload_size}\r\n".encode()
             + hdr

@@ -20,6 +20,9 @@ from typing import Any, Literal
 
 DEFAULT_ADDRESS = "nats://127.0.0.1:4222"
 ENV_PREFIX = "MICRO_NATS_"
+#: The smallest ``max_payload`` the broker works with: below it no room is left, after
+#: the framing it reserves, for the headers a typed message carries and a body.
+MIN_PAYLOAD = 4096
 
 Storage = Literal["file", "memory"]
 DeliverPolicy = Literal["new", "all"]
@@ -47,9 +50,18 @@ class NatsOptions:
     pending_size: int = 2 * 1024 * 1024
     """Bytes of publishes buffered while reconnecting; beyond it publish raises."""
     max_payload: int = 1024 * 1024
-    """The server's ``max_payload`` assumed before connecting (its INFO replaces it)."""
+    """The server's ``max_payload`` assumed before connecting (nats-server's default);
+    the server's INFO replaces it on connect. ``max_message_size`` is derived from it."""
     fast_path: bool = True
     """Use microbroker's lean message path over nats-py (same wire format); off: nats-py's own."""
+    envelope: bool = False
+    """Carry headers and body in go-micro's JSON envelope, ``{"Header": {...}, "Body":
+    "<base64>"}``, as go-micro's NATS broker does, instead of NATS headers. Subscribers
+    decode it; a payload that is not an envelope is delivered as it is."""
+    max_pending: int = 512 * 1024
+    """Messages a subscription holds received and not yet handled (nats.go's default).
+    Core NATS drops what comes beyond it and reports it (``SlowConsumer``); JetStream
+    holds at least ``max_ack_pending`` and hands anything beyond back to the server."""
 
     # Authentication -----------------------------------------------------------------
     token: str | None = None
@@ -81,17 +93,15 @@ class NatsOptions:
     max_age: float | None = None
     """Seconds a message is kept in the stream; ``None`` keeps it until limits say otherwise."""
     duplicate_window: float = 120.0
-    """Seconds in which a republished ``Micro-Id`` (``Nats-Msg-Id``) is stored only once."""
+    """Seconds in which a republished ``Micro-ID`` (``Nats-Msg-Id``) is stored only once."""
     ack_wait: float = 30.0
     """Seconds the server waits for an ack before it delivers the message again."""
     max_deliver: int = -1
-    """Deliveries of one message before the server gives up on it; -1 never gives up."""
+    """A server-side backstop: deliveries of one message before the server itself stops
+    (without a dead letter). -1 (the default) leaves giving up to the subscription's
+    ``RetryPolicy``; set it above the policy's ``max_attempts`` if at all."""
     max_ack_pending: int = 1000
     """Messages a consumer may have delivered and not yet acked."""
-    redelivery_delay: float = 0.1
-    """Seconds before redelivering a message nacked without a delay; doubles per attempt."""
-    max_redelivery_delay: float = 30.0
-    """The cap on that backoff."""
     publish_timeout: float = 5.0
     """Seconds a JetStream publish waits for the server's acknowledgement."""
     deliver_policy: DeliverPolicy = "new"
@@ -138,6 +148,10 @@ class NatsOptions:
             raise ValueError("connect_attempts must be at least 1")
         if self.max_deliver == 0 or self.max_deliver < -1:
             raise ValueError("max_deliver must be positive, or -1 for no limit")
+        if self.max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        if self.max_payload < MIN_PAYLOAD:
+            raise ValueError(f"max_payload must be at least {MIN_PAYLOAD} bytes")
         if not self.stream or any(c in self.stream for c in ".*> \t\r\n/\\"):
             raise ValueError(
                 f"stream name {self.stream!r} is not valid: use letters, digits, '-' and '_'"
@@ -152,6 +166,11 @@ class NatsOptions:
             require_nkeys()
         if isinstance(self.subjects, str):
             self.subjects = [s.strip() for s in self.subjects.split(",") if s.strip()]
+
+    @property
+    def uses_envelope(self) -> bool:
+        """Whether messages travel in go-micro's JSON envelope (option ``envelope``)."""
+        return bool(self.envelope)
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The TLS context to connect with, or ``None`` for a plain connection.

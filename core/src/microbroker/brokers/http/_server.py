@@ -157,7 +157,7 @@ def make_app(broker: HttpBroker) -> web.Application:
         # reads the body whatever the header says, so do we.
         try:
             headers, body = _wire.decode_envelope(data)
-        except _wire.WireError as exc:
+        except _wire.EnvelopeError as exc:
             return _text(400, f"bad message: {exc}")
         topic = _topic(headers)
         if topic is None:

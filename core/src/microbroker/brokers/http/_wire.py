@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import struct
 from typing import Any
+
+# The envelope is the core's (microbroker.transport); re-exported for this broker's modules.
+from ..._envelope import EnvelopeError as EnvelopeError
+from ..._envelope import decode_envelope as decode_envelope
+from ..._envelope import encode_envelope as encode_envelope
 
 SERVICE = "micro.http.broker"
 """The registry service every subscription registers under (go-micro's ``serviceName``)."""
@@ -22,43 +25,11 @@ PROTOCOL = "1"
 _LEN = struct.Struct(">I")
 
 
-class WireError(ValueError):
-    """A request body that is not a valid envelope or batch (answered with 400)."""
+class WireError(EnvelopeError):
+    """A request body that is not a valid batch (answered with 400).
 
-
-def encode_envelope(headers: dict[str, str], body: bytes) -> bytes:
-    """go-micro's ``json.Marshal(&broker.Message{Header, Body})``: Body is base64."""
-    return json.dumps(
-        {"Header": headers, "Body": base64.b64encode(body).decode("ascii")},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
-
-
-def decode_envelope(data: bytes) -> tuple[dict[str, str], bytes]:
-    """Parse go-micro's envelope. ``Body`` may be null or missing (an empty body), as in Go."""
-    try:
-        doc: Any = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WireError(f"the body is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise WireError('the body must be a JSON object {"Header": {...}, "Body": "<base64>"}')
-    raw_headers = doc.get("Header")
-    if raw_headers is None:
-        raw_headers = {}
-    if not isinstance(raw_headers, dict) or not all(
-        isinstance(v, str) for v in raw_headers.values()
-    ):
-        raise WireError('"Header" must be an object of strings')
-    raw_body = doc.get("Body")
-    if raw_body is None:
-        return raw_headers, b""
-    if not isinstance(raw_body, str):
-        raise WireError('"Body" must be a base64 string')
-    try:
-        return raw_headers, base64.b64decode(raw_body, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise WireError(f'"Body" is not valid base64: {exc}') from None
+    A body that is not a valid envelope raises its base, :class:`EnvelopeError`.
+    """
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
