@@ -209,3 +209,21 @@ async def _deliver_garbage_then_good(bodies: list[tuple[bytes, str | None]]) -> 
         assert not unexpected, f"errors other than DecodeError (and its give-up): {unexpected}"
     finally:
         microbroker.unregister_plugin(name)
+
+
+async def test_the_headers_of_a_typed_publish_are_checked_as_any_others() -> None:
+    """The Client checks what it did not make itself (metadata, a content type it is given);
+    a header added to a built message afterwards is checked by publish."""
+    async with MemoryBroker(f"typed-headers-{next(_bus)}") as broker:
+        service = microbroker.Service("typed-headers", broker=broker)
+        event = service.event("orders")
+        with pytest.raises(InvalidHeader, match="cannot hold CR, LF or NUL"):
+            await event.publish({"id": 1}, metadata={"X-Tenant": "a\r\nX-Injected: yes"})
+        with pytest.raises(InvalidHeader, match="invalid header name"):
+            await event.publish({"id": 1}, metadata={"bad name": "v"})
+        with pytest.raises(InvalidHeader):
+            await event.publish({"id": 1}, content_type="application/json;\nX-Injected: yes")
+        built = service.client.build_message("orders", {"id": 1}, None, None)
+        built.headers["X-Late"] = "a\nb"
+        with pytest.raises(InvalidHeader):
+            await broker.publish("orders", built)

@@ -211,7 +211,7 @@ class Broker(abc.ABC):
         if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
             raise TypeError(f"a message body is bytes, not {type(body).__name__}")
         headers = message.headers
-        if headers:
+        if headers and message._checked != len(headers):
             check_headers(headers)
         limit = self.capabilities.max_message_size
         if limit is not None and (len(body) > limit - _SIZE_SLACK or len(headers) > _FEW_HEADERS):

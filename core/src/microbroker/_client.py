@@ -8,7 +8,7 @@ from typing import Any
 
 from . import codecs
 from ._broker import Broker
-from ._headers import CONTENT_TYPE, ID, RESERVED, TOPIC, new_message_id
+from ._headers import CONTENT_TYPE, ID, RESERVED, TOPIC, check_headers, new_message_id
 from ._message import Message
 from ._rpc_client import ClientRpc
 from ._topics import check_topic
@@ -107,12 +107,22 @@ class Client(ClientRpc):
                 codec = self.codec(content_type)
             body = codec.encode(payload)
         if not metadata:
-            return Message(body, {CONTENT_TYPE: content_type, TOPIC: topic, ID: new_message_id()})
-        headers = {key: value for key, value in metadata.items() if key.casefold() not in RESERVED}
-        headers[CONTENT_TYPE] = content_type
-        headers[TOPIC] = topic
-        headers[ID] = new_message_id()
-        return Message(body, headers)
+            message = Message(
+                body, {CONTENT_TYPE: content_type, TOPIC: topic, ID: new_message_id()}
+            )
+        else:
+            headers = {k: v for k, v in metadata.items() if k.casefold() not in RESERVED}
+            check_headers(headers)
+            headers[CONTENT_TYPE] = content_type
+            headers[TOPIC] = topic
+            headers[ID] = new_message_id()
+            message = Message(body, headers)
+        # The headers are safe as they are: the metadata was checked above, the content type
+        # when its codec was looked up, and the id is ours; the topic is a header value when it
+        # is printable text (publish checks the topic itself too).
+        if type(topic) is str and topic.isprintable():
+            message._checked = len(message.headers)
+        return message
 
     def _encoding_of(self, payload: Any) -> tuple[str, Callable[[Any], bytes]]:
         """The default content type of ``payload``'s type and the encoder for it, cached."""
@@ -128,9 +138,13 @@ class Client(ClientRpc):
         return by_type
 
     def codec(self, content_type: str) -> codecs.Codec:
-        """The codec for ``content_type``, looked up once per client."""
+        """The codec for ``content_type``, looked up once per client.
+
+        ``content_type`` is checked as a header value here, once: it is sent as one.
+        """
         codec = self._codecs.get(content_type)
         if codec is None:
+            check_headers({CONTENT_TYPE: content_type})
             codec = self._codecs[content_type] = codecs.get_codec(content_type)
         return codec
 

@@ -15,6 +15,10 @@ class Message:
 
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # How many headers were already checked when the message was built (by the Client,
+    # from values it made or checked itself); -1: none. ``Broker.publish`` checks the
+    # headers of any other message: a header added since is checked, as is every one.
+    _checked: int = field(default=-1, init=False, repr=False, compare=False)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return the value of header ``name``, compared case-insensitively."""
