@@ -174,3 +174,46 @@ def test_sigterm_drains_the_in_flight_handler_before_exiting() -> None:
             proc.kill()
     assert proc.returncode == 0, err
     assert out.split("\n")[:2] == ["handled 1", "stopped"], out + err
+
+
+async def test_messages_queued_behind_a_running_handler_go_to_the_group_once() -> None:
+    """Stopping ends the subscription first: what it had queued goes to another member,
+    not round and round through the stopping server until it is gone."""
+    address = f"stop-{next(_bus)}"
+    closing_broker, spare_broker = MemoryBroker(address), MemoryBroker(address)
+    closing = microbroker.Service("billing", broker=closing_broker)
+    spare = microbroker.Service("billing", broker=spare_broker)
+    started, release = asyncio.Event(), asyncio.Event()
+    seen_by_closing: list[str] = []
+    spare_got: list[tuple[str, int]] = []
+
+    @closing.subscriber("jobs", queue="workers")
+    async def on_closing(msg: dict[str, str], ctx: Context) -> None:
+        seen_by_closing.append(msg["n"])
+        started.set()
+        await release.wait()
+
+    @spare.subscriber("jobs", queue="workers")
+    async def on_spare(msg: dict[str, str], ctx: Context) -> None:
+        spare_got.append((msg["n"], ctx.attempt))
+
+    await closing.start()
+    await closing.event("jobs").publish({"n": "first"})
+    await asyncio.wait_for(started.wait(), 5)
+    for n in range(5):  # queued behind the running handler, in the closing member's mailbox
+        await closing_broker.publish("jobs", microbroker.Message(f'{{"n": "q{n}"}}'.encode(), {}))
+    stopping = asyncio.create_task(closing.stop())
+    await spare.start()
+    await asyncio.sleep(0.2)  # a stop that bounced the queued messages would spin meanwhile
+    release.set()
+    await asyncio.wait_for(stopping, 5)
+    await closing_broker.disconnect()
+    for _ in range(200):
+        if len(spare_got) == 5:
+            break
+        await asyncio.sleep(0.01)
+    await spare.stop()
+    assert seen_by_closing == ["first"], "the stopping server handled nothing new"
+    assert sorted(spare_got) == [(f"q{n}", 1) for n in range(5)], (
+        "each queued message reached the other member once, on its first attempt"
+    )

@@ -464,10 +464,12 @@ class Server(ServerRpc):
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully, then unsubscribe everything.
 
-        From now on deliveries are nacked, not handled, so that the broker
-        gives them to another instance (or to this one after a restart).
+        The subscriptions end first: the broker delivers them nothing more, and
+        what they had taken and not handled goes back to the broker (to
+        another instance of the service, or to this one after a restart).
         Handlers already running get up to ``timeout`` seconds to finish (and
-        are acked as usual); those still running then are nacked and cancelled.
+        are acked as usual); those still running then are released and
+        cancelled. A delivery that arrives meanwhile is released, not handled.
         """
         self._started = False
         in_flight = self._in_flight
@@ -475,9 +477,16 @@ class Server(ServerRpc):
         try:
             if self._pending:
                 await asyncio.gather(*self._pending, return_exceptions=True)
-            await asyncio.gather(self._drain(timeout), self._stop_rpc(timeout))
             live, self._live = self._live, {}
-            await asyncio.gather(*(sub.unsubscribe() for sub in live.values()))
+            # Each subscription ends once its running handler is done (a mailbox waits for
+            # it): ending them first means no delivery comes back again and again meanwhile.
+            ending = asyncio.gather(
+                *(sub.unsubscribe() for sub in live.values()), return_exceptions=True
+            )
+            await asyncio.gather(self._drain(timeout), self._stop_rpc(timeout))
+            for result in await ending:
+                if isinstance(result, Exception):
+                    report_error(result, None)
         finally:
             in_flight.closing = False
 
