@@ -227,7 +227,7 @@ def split_packets(buf: bytes | bytearray) -> tuple[list[tuple[int, bytes]], int,
     cuts them; ``used`` is the bytes they took; ``needed`` is the size of the
     next packet when its length is known and it is not all there (0 when even
     its length is not), and -1 for a length that is not a valid MQTT variable
-    byte integer (more than four bytes), where gmqtt's reader stops too.
+    byte integer (more than four bytes).
     """
     packets: list[tuple[int, bytes]] = []
     size = len(buf)
@@ -274,7 +274,12 @@ async def _read_loop(protocol: Any) -> None:
         connection = protocol._connection
         for cmd, data in packets:
             connection.put_package(Package(cmd, data))
-        if needed < 0 or protocol._transport.is_closing():
+        if needed < 0:
+            # Not an MQTT length (more than four bytes): nothing after it can be read.
+            logger.warning("mqtt: the server sent a malformed packet; closing the connection")
+            protocol._transport.close()
+            break
+        if protocol._transport.is_closing():
             break
 
 
