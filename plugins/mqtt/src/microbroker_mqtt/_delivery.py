@@ -40,6 +40,10 @@ def ack_packet(mid: int, qos: int, mqtt5: bool) -> bytes:
     return bytes((cmd, 2, mid >> 8, mid & 0xFF))
 
 
+def _nowhere(data: bytes) -> None:
+    """The writer before the first connection (nothing is received before it)."""
+
+
 class Inbound:
     """One QoS 1/2 PUBLISH received, waiting for its local deliveries to settle."""
 
@@ -80,11 +84,13 @@ class Acks:
     in a handler here is not delivered a second time.
     """
 
-    __slots__ = ("_queue", "_write", "mqtt5", "recorded", "stale")
+    __slots__ = ("mqtt5", "queue", "recorded", "stale", "write")
 
-    def __init__(self, write: Callable[[bytes], None], mqtt5: bool) -> None:
-        self._queue: deque[Inbound] = deque()
-        self._write = write
+    def __init__(self, mqtt5: bool) -> None:
+        #: The messages not acknowledged yet, in the order they came.
+        self.queue: deque[Inbound] = deque()
+        #: Sends bytes on the live connection (set on each CONNACK).
+        self.write: Callable[[bytes], None] = _nowhere
         self.mqtt5 = mqtt5
         #: Messages received on a lost connection and not acknowledged, by packet id.
         self.stale: dict[int, Inbound] = {}
@@ -94,20 +100,37 @@ class Acks:
         self.recorded: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     def received(self, mid: int, qos: int, topic: str, waiting: int) -> Inbound:
         """A PUBLISH came, for ``waiting`` local deliveries (0: acknowledged at once, in turn)."""
         entry = Inbound(self, mid, qos, topic, waiting)
-        self._queue.append(entry)
+        self.queue.append(entry)
         if waiting <= 0:
             self.advance()
         return entry
 
     def advance(self) -> None:
         """Send the acknowledgements that are due, in order: stop at the first unsettled."""
-        queue = self._queue
-        if not queue or queue[0].waiting > 0:
+        queue = self.queue
+        if not queue:
+            return
+        entry = queue[0]
+        if entry.waiting > 0:
+            return
+        if len(queue) == 1 or queue[1].waiting > 0:  # the usual case: one is due
+            queue.popleft()
+            if not entry.released:
+                mid = entry.mid
+                if entry.qos == 2:
+                    self.recorded.add(mid)
+                    cmd = _PUBREC
+                else:
+                    cmd = _PUBACK
+                if self.mqtt5:
+                    self.write(bytes((cmd, 4, mid >> 8, mid & 0xFF, 0, 0)))
+                else:
+                    self.write(bytes((cmd, 2, mid >> 8, mid & 0xFF)))
             return
         mqtt5 = self.mqtt5
         out: bytes | bytearray = b""
@@ -125,7 +148,7 @@ class Acks:
             else:
                 out = packet
         if out:
-            self._write(bytes(out))
+            self.write(bytes(out))
 
     def take_back(self, mid: int, topic: str, dup: bool) -> bool:
         """Whether a PUBLISH is a stale message of ours, sent again; if so it is ours again."""
@@ -137,7 +160,7 @@ class Acks:
             entry.acks = None
             return False
         entry.acks = self
-        self._queue.append(entry)
+        self.queue.append(entry)
         if entry.waiting <= 0:
             self.advance()
         return True
@@ -145,11 +168,11 @@ class Acks:
     def lost(self) -> None:
         """The connection was lost: what is not acknowledged yet becomes stale."""
         stale = self.stale
-        for entry in self._queue:
+        for entry in self.queue:
             entry.acks = None
             if not entry.released:
                 stale[entry.mid] = entry
-        self._queue.clear()
+        self.queue.clear()
 
     def released(self, mid: int) -> None:
         """The server released a QoS 2 message (PUBREL): its id may come again, as another."""
@@ -252,11 +275,20 @@ class AckedDelivery(MqttDelivery):
         entry: Inbound,
         attempt: int = 1,
     ) -> None:
-        super().__init__(sub, topic, payload, pairs, attempt)
+        # Delivery's own __init__ directly: this runs once per message.
+        Delivery.__init__(self, topic, None, queue=sub.queue, attempt=attempt)
+        self._sub = sub
+        self._payload = payload
+        self._pairs = pairs
         self._entry = entry
 
     async def on_ack(self) -> None:
-        self._entry.settle()
+        entry = self._entry  # Inbound.settle, inlined: this runs once per message
+        entry.waiting -= 1
+        if entry.waiting <= 0:
+            acks = entry.acks
+            if acks is not None:
+                acks.advance()
 
     def moved_to(self, sub: MqttSubscriber, attempt: int | None = None) -> AckedDelivery:
         attempt = self.attempt if attempt is None else attempt

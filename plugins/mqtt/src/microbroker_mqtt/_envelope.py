@@ -62,12 +62,18 @@ def decode(payload: bytes, pairs: Pairs | None, enveloped: bool) -> Message:
 
 
 def content_type(pairs: Pairs | None) -> str | None:
-    """The ``Content-Type`` among user properties (names compared case-insensitively)."""
+    """The ``Content-Type`` among user properties, as ``Message.header`` finds it in the dict
+    the pairs make: the name as written first, then compared case-insensitively."""
+    if not pairs:
+        return None
     found = None
-    if pairs:
+    for name, value in pairs:
+        if name == CONTENT_TYPE:
+            found = value  # the last one wins, as in the dict
+    if found is None:
         for name, value in pairs:
-            if name == CONTENT_TYPE or name.casefold() == _CONTENT_TYPE:
-                found = value  # the last one wins, as in the message's dict
+            if name.casefold() == _CONTENT_TYPE:
+                return value
     return found
 
 

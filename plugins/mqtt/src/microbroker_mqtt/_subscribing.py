@@ -83,7 +83,8 @@ class MqttSubscriber(Subscriber):
         self._active = True
         # Nacked deliveries waiting for their next attempt.
         self._timers: dict[MqttDelivery, asyncio.TimerHandle] = {}
-        self._mailbox: Mailbox[MqttDelivery] = Mailbox(
+        #: Its queue and worker.
+        self.mailbox: Mailbox[MqttDelivery] = Mailbox(
             deliver,
             capacity=broker.settings.max_pending,
             overflow=Overflow.PAUSE,
@@ -102,7 +103,7 @@ class MqttSubscriber(Subscriber):
 
     def push(self, delivery: MqttDelivery) -> None:
         """Queue ``delivery``; handed back if this subscription has ended."""
-        if not self._mailbox.offer(delivery):
+        if not self.mailbox.offer(delivery):
             delivery.hand_back()
 
     def redeliver(self, delivery: MqttDelivery, delay: float) -> None:
@@ -123,16 +124,20 @@ class MqttSubscriber(Subscriber):
 
     async def join(self) -> None:
         """Wait until what is queued has been handled."""
-        await self._mailbox.join()
+        await self.mailbox.join()
 
     @property
     def busy(self) -> bool:
-        return bool(len(self._mailbox)) or self._mailbox.handling
+        return bool(len(self.mailbox)) or self.mailbox.handling
+
+    def end(self) -> None:
+        """Take no more (what comes is handed back); :meth:`stop` finishes the job."""
+        self._active = False
 
     async def stop(self) -> list[MqttDelivery]:
         """Take no more; let a running handler finish; return the deliveries left over."""
         self._active = False
-        left = await self._mailbox.close()
+        left = await self.mailbox.close()
         for delivery, timer in self._timers.items():
             timer.cancel()
             left.append(delivery)
@@ -340,22 +345,28 @@ class Subscriptions:
         """The broker disconnects: every subscription ends, what is left goes back."""
         subs = list(self.subs)
         self.subs.clear()
-        for sub in subs:
-            for delivery in await sub.stop():
-                delivery.hand_back()
         self.routes.clear()
         self.by_id.clear()
         self._drop_orphans()
+        for sub in subs:
+            sub.end()
+        for sub in subs:
+            for delivery in await sub.stop():
+                delivery.hand_back()
 
     # Where a message goes --------------------------------------------------------------
 
-    def routes_for(self, topic: str, ids: list[int] | None) -> list[Route]:
-        """The routes of a message: by its subscription identifiers, or matched here."""
+    def receivers(self, topic: str, ids: list[int] | None) -> list[MqttSubscriber]:
+        """The local subscribers of a message: by its subscription identifiers (MQTT 5),
+        or by matching its topic here (MQTT 3.1.1, or a server that leaves them out)."""
         if ids:
             by_id = self.by_id
-            return [route for i in ids if (route := by_id.get(i)) is not None]
-        # MQTT 3.1.1 (or a server that leaves the identifiers out): match locally.
-        return [route for route in self.routes.values() if route.matches(topic)]
+            routes = [route for i in ids if (route := by_id.get(i)) is not None]
+        else:
+            routes = [route for route in self.routes.values() if route.matches(topic)]
+        if len(routes) == 1:
+            return routes[0].receivers()
+        return [sub for route in routes for sub in route.receivers()]
 
     def keep_orphan(
         self, topic: str, payload: bytes, pairs: Pairs | None, entry: Inbound | None

@@ -25,19 +25,22 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from microbroker import InvalidTopic, Message, NotConnected
 from microbroker.transport import Broker, Capabilities, Flow, Handler, Subscriber
 
 from ._connection import Reading, coalesce_writes, new_client, open_connection
-from ._delivery import AckedDelivery, Acks, MqttDelivery, ack_packet
+from ._delivery import AckedDelivery, Acks, Inbound, MqttDelivery, ack_packet
 from ._publishing import Publisher
 from ._receiving import install_reader, install_receive_route
 from ._subscribing import WILDCARDS, MqttSubscriber, Subscriptions, check_filter
 from .options import DEFAULT_ADDRESS, MqttOptions, check_qos, parse_address
 
 logger = logging.getLogger("microbroker.mqtt")
+
+_PUBLISH_OPTIONS = frozenset({"qos", "retain", "confirm"})
 
 __all__ = ["WILDCARDS", "MqttBroker", "MqttSubscriber", "check_filter"]
 
@@ -91,7 +94,7 @@ class MqttBroker(Broker):
         self._reading = Reading()
         #: One Flow for the connection, shared by every subscription's mailbox.
         self._flow = Flow(self._reading.pause, self._reading.resume, high=settings.max_pending)
-        self._acks = Acks(self._write, self._mqtt5)
+        self._acks = Acks(self._mqtt5)
         self._background: set[asyncio.Task[None]] = set()
 
     # Connection ---------------------------------------------------------------------
@@ -159,7 +162,10 @@ class MqttBroker(Broker):
             )
         subscriptions = self._subscriptions
         filters = list(subscriptions.routes)
-        await subscriptions.stop_all()
+        # Each subscription stops once its running handler returns (a stuck one is left
+        # behind after drain_timeout: what it holds stays unacknowledged in the session).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(subscriptions.stop_all(), timeout)
         self._acks.abandon()
         for task in list(self._background):
             task.cancel()
@@ -198,24 +204,9 @@ class MqttBroker(Broker):
         if self._draining:
             self._progress.set()
 
-    def _write(self, data: bytes) -> None:
-        """Write acknowledgements on the live connection."""
-        connection = getattr(self._client, "_connection", None)
-        if connection is not None and not connection.is_closing():
-            connection._protocol.write_data(data)
-
     # Publishing ---------------------------------------------------------------------
 
-    async def send(
-        self,
-        topic: str,
-        message: Message,
-        *,
-        qos: int | None = None,
-        retain: bool = False,
-        confirm: bool = False,
-        **options: Any,
-    ) -> None:
+    def send(self, topic: str, message: Message, **options: Any) -> Coroutine[Any, Any, None]:
         """Publish ``message`` on ``topic`` (``broker.publish(topic, message, ...)``).
 
         :param qos: 0, 1 or 2; the broker's ``qos`` option when ``None``.
@@ -225,11 +216,11 @@ class MqttBroker(Broker):
             message is in the in-flight window, from which it is resent after a
             reconnect; :meth:`disconnect` waits for that window to empty.
         """
-        if options:
-            raise TypeError(
-                f"mqtt broker publish() takes qos, retain and confirm, not {', '.join(options)}"
-            )
-        await self._publisher.send(topic, message, qos, retain, confirm)
+        if options and not options.keys() <= _PUBLISH_OPTIONS:
+            unknown = ", ".join(sorted(options.keys() - _PUBLISH_OPTIONS))
+            raise TypeError(f"mqtt broker publish() takes qos, retain and confirm, not {unknown}")
+        # The publisher's coroutine itself: no frame of its own here on the hot path.
+        return self._publisher.send(topic, message, **options)
 
     # Subscribing --------------------------------------------------------------------
 
@@ -266,20 +257,17 @@ class MqttBroker(Broker):
     ) -> None:
         """A PUBLISH from the server, not acknowledged yet (the receive route's callback)."""
         acks = self._acks
-        if qos:
-            if acks.stale and acks.take_back(mid, topic, properties["dup"]):
-                return  # sent again after a reconnect, and still ours: it is queued already
-            if qos == 2 and mid in acks.recorded:
-                # PUBREC sent and PUBREL not come yet: the same message, acknowledged again.
-                self._write(ack_packet(mid, 2, self._mqtt5))
-                return
+        if qos and (acks.stale or qos == 2) and self._seen(topic, qos, mid, properties["dup"]):
+            return
         subscriptions = self._subscriptions
-        routes = subscriptions.routes_for(topic, properties.get("subscription_identifier"))
-        pairs = properties.get("user_property")
-        if len(routes) == 1:
-            receivers = [sub for sub in routes[0].receivers() if sub.active]
+        ids = properties.get("subscription_identifier")
+        receivers: list[MqttSubscriber]
+        if ids is not None and len(ids) == 1:
+            route = subscriptions.by_id.get(ids[0])
+            receivers = route.receivers() if route is not None else []
         else:
-            receivers = [sub for route in routes for sub in route.receivers() if sub.active]
+            receivers = subscriptions.receivers(topic, ids)
+        pairs = properties.get("user_property")
         if not qos:
             if receivers:
                 for sub in receivers:
@@ -294,9 +282,24 @@ class MqttBroker(Broker):
             else:
                 acks.received(mid, qos, topic, 0)  # nobody subscribes to it: acknowledged
             return
-        entry = acks.received(mid, qos, topic, len(receivers))
+        # Acks.received and MqttSubscriber.push, inlined: this runs once per message.
+        entry = Inbound(acks, mid, qos, topic, len(receivers))
+        acks.queue.append(entry)
         for sub in receivers:
-            sub.push(AckedDelivery(sub, topic, payload, pairs, entry))
+            delivery = AckedDelivery(sub, topic, payload, pairs, entry)
+            if not sub.mailbox.offer(delivery):
+                delivery.hand_back()
+
+    def _seen(self, topic: str, qos: int, mid: int, dup: int) -> bool:
+        """Whether a QoS 1/2 PUBLISH is one this broker has already (it is then not delivered)."""
+        acks = self._acks
+        if acks.stale and acks.take_back(mid, topic, bool(dup)):
+            return True  # sent again after a reconnect, and still ours: it is queued already
+        if qos == 2 and mid in acks.recorded:
+            # PUBREC sent and PUBREL not come yet: the same message, acknowledged again.
+            acks.write(ack_packet(mid, 2, self._mqtt5))
+            return True
+        return False
 
     def _on_gmqtt_message(
         self, client: Any, topic: Any, payload: bytes, qos: int, properties: dict[str, Any]
@@ -312,9 +315,10 @@ class MqttBroker(Broker):
             # The server has no session: it will not resend what was not acknowledged.
             self._acks.forget()
         # The callback's client: self._client is not set yet during the first connect.
-        transport = getattr(getattr(client, "_connection", None), "_transport", None)
-        if transport is not None:
-            coalesce_writes(transport)
+        connection = client._connection
+        coalesce_writes(connection._transport)
+        # Acknowledgements go out on this connection (gmqtt's writer skips a closed one).
+        self._acks.write = connection._protocol.write_data
         # gmqtt merges our CONNECT properties over the server's CONNACK ones: read the latter.
         connack = getattr(client._package_handler, "_connack_properties", {})
         values = connack.get("receive_maximum") if isinstance(connack, dict) else None
