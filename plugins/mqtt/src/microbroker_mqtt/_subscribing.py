@@ -126,10 +126,6 @@ class MqttSubscriber(Subscriber):
         """Wait until what is queued has been handled."""
         await self.mailbox.join()
 
-    @property
-    def busy(self) -> bool:
-        return bool(len(self.mailbox)) or self.mailbox.handling
-
     def end(self) -> None:
         """Take no more (what comes is handed back); :meth:`stop` finishes the job."""
         self._active = False
@@ -435,10 +431,6 @@ class Subscriptions:
             self._expiry.cancel()
             self._expiry = None
         self._orphans.clear()  # unacknowledged: the session keeps them
-
-    @property
-    def busy(self) -> bool:
-        return any(sub.busy for sub in self.subs)
 
     async def join(self) -> None:
         with contextlib.suppress(Exception):
