@@ -90,7 +90,8 @@ class MqttOptions:
     unclaimed then, they belong to a subscription of the session that this
     process no longer makes: they are acknowledged and dropped, with a warning."""
     max_message_size: int | None = None
-    """Largest body accepted by :meth:`publish`; ``None``: what one MQTT packet carries."""
+    """Largest message (body and headers) :meth:`publish` accepts, declared as
+    ``capabilities.max_message_size``; ``None``: what one MQTT packet carries."""
 
     # Connection -----------------------------------------------------------------------
     connect_timeout: float = 5.0
