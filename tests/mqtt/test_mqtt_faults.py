@@ -29,6 +29,7 @@ from support.mqtt_server import MosquittoServer
 
 import microbroker
 from microbroker_mqtt import MqttBroker
+from microbroker_mqtt._envelope import decode
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +54,14 @@ async def test_qos1_messages_survive_mosquitto_killed_mid_stream(
     # Every message the client library hands the subscriber's broker, before any of the
     # broker's own work: a message lost after this point would be microbroker's to answer for.
     handed_over: set[int] = set()
-    on_message = sub._on_message
+    on_publish = sub._on_publish
 
-    def recording(client: Any, t: str, payload: bytes, qos: int, properties: Any) -> int:
-        handed_over.add(int(sub._decode(payload, properties).body))
-        return on_message(client, t, payload, qos, properties)
+    def recording(t: str, payload: bytes, qos: int, mid: int, properties: Any) -> None:
+        pairs = properties.get("user_property")
+        handed_over.add(int(decode(payload, pairs, sub.settings.uses_envelope).body))
+        on_publish(t, payload, qos, mid, properties)
 
-    sub._on_message = recording  # type: ignore[method-assign,assignment]
+    sub._on_publish = recording  # type: ignore[method-assign]
     await sub.connect()
     await pub.connect()
     publisher = RetryingPublisher(pub, topic, concurrency=1, attempts=100)

@@ -1,9 +1,14 @@
-"""The lean receive route of microbroker-mqtt against gmqtt's own, on generated packets.
+"""The receive route of microbroker-mqtt against gmqtt's own, on generated packets.
 
-For every PUBLISH and PUBACK a server could send, the route must have
-gmqtt's effects, in gmqtt's order: the same PUBACK bytes written, the same
-message callback arguments, the same packet ids freed, the same error for a
-malformed packet. No server is needed: both handlers get the same packets.
+gmqtt acknowledges a QoS 1/2 PUBLISH on receipt and then calls the message
+callback; the route calls the broker with the packet id and acknowledges
+nothing (the broker does once the handlers have settled the message). So for
+every PUBLISH a server could send, the route plus the acknowledgement the
+broker writes (``ack_packet``) must have gmqtt's effects, in gmqtt's order:
+the same acknowledgement bytes, the same callback arguments, the same packet
+ids freed, the same error for a malformed packet. The same for PUBACK and
+PUBREL, and for the reader that cuts the byte stream into packets. No server
+is needed: both handlers get the same packets.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from gmqtt.storage import PersistentStorage  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from microbroker_mqtt._receiving import speed_up_receiving
+from microbroker_mqtt._delivery import ack_packet
+from microbroker_mqtt._receiving import install_receive_route, split_packets
 
 
 class _Storage(PersistentStorage):  # type: ignore[misc]
@@ -61,7 +67,13 @@ def _client(version: int, lean: bool) -> tuple[Any, list[Any]]:
         ("message", topic, payload, qos, properties)
     )
     if lean:
-        assert speed_up_receiving(client)
+
+        def on_publish(topic: str, payload: bytes, qos: int, mid: int, properties: Any) -> None:
+            if qos:  # what the broker writes once the message is settled
+                seen.append(("wrote", ack_packet(mid, qos, version == MQTTv50)))
+            seen.append(("message", topic, payload, qos, properties))
+
+        install_receive_route(client, on_publish, lambda mid: seen.append(("released", mid)))
     return client, seen
 
 
@@ -104,9 +116,9 @@ properties = st.lists(
 @st.composite
 def publishes(draw: st.DrawFn) -> tuple[int, int, bytes]:
     version = draw(st.sampled_from([MQTTv50, MQTTv311]))
-    qos = draw(st.sampled_from([0, 1, 1, 2]))
+    qos = draw(st.sampled_from([0, 1, 1, 2, 2, 3]))
     cmd = 0x30 | draw(st.integers(0, 1)) << 3 | qos << 1 | draw(st.integers(0, 1))
-    topic = draw(st.sampled_from([b"orders/created", b"a", b"", b"\xff\xfe", "é/ü".encode()]))
+    topic = draw(st.sampled_from([b"orders/created", b"a", b"", "é/ü".encode()]))
     packet = _string(topic)
     if qos:
         packet += draw(st.integers(1, 65535)).to_bytes(2, "big")
@@ -127,6 +139,29 @@ def test_a_publish_has_gmqtts_effects(case: tuple[int, int, bytes]) -> None:
     assert lean == gmqtts
 
 
+def test_a_topic_alias_is_resolved_as_gmqtt_resolves_it() -> None:
+    """A server that uses aliases (this broker allows none) is still understood."""
+    alias = b"\x23\x00\x05"
+    first = _string(b"orders/created") + b"\x00\x07" + _vbi(len(alias)) + alias + b"one"
+    second = _string(b"") + b"\x00\x08" + _vbi(len(alias)) + alias + b"two"
+    results = []
+    for lean in (True, False):
+        client, seen = _client(MQTTv50, lean)
+        for packet in (first, second):
+            _handle(client, seen, 0x32, packet)
+        results.append(seen)
+    assert results[0] == results[1]
+    assert [entry[1] for entry in results[0] if entry[0] == "message"] == ["orders/created"] * 2
+
+
+def test_a_topic_that_is_not_utf8_is_delivered_with_replacement_characters() -> None:
+    """gmqtt hands such a topic over as bytes; the route as text, and acknowledges it in turn."""
+    client, seen = _client(MQTTv311, lean=True)
+    _handle(client, seen, 0x32, _string(b"\xff\xfe") + b"\x00\x09payload")
+    assert ("message", "\ufffd\ufffd", b"payload", 1, {"dup": 0, "retain": 0}) in seen
+    assert ("wrote", bytes((0x40, 2, 0, 9))) in seen
+
+
 @given(
     st.sampled_from([MQTTv50, MQTTv311]),
     st.one_of(st.sampled_from([b"\x00\x01", b"\x00\x02\x00", b"\x00\x03"]), st.binary(max_size=5)),
@@ -142,12 +177,82 @@ def test_a_puback_has_gmqtts_effects(version: int, packet: bytes) -> None:
     assert results[0] == results[1]
 
 
-def test_the_route_is_left_to_gmqtt_when_debug_logging_is_on() -> None:
-    """gmqtt logs every packet at DEBUG: with DEBUG on, its own path runs."""
+@given(st.sampled_from([MQTTv50, MQTTv311]), st.integers(1, 65535))
+def test_a_pubrel_is_answered_by_gmqtt_and_reported_first(version: int, mid: int) -> None:
+    """gmqtt answers a PUBREL with PUBCOMP; the route tells the broker before it does."""
+    packet = mid.to_bytes(2, "big")
+    lean = _handle(*_client(version, lean=True), 0x62, packet)
+    gmqtts = _handle(*_client(version, lean=False), 0x62, packet)
+    assert lean == [("released", mid), *gmqtts]
+
+
+def test_with_debug_logging_the_route_logs_every_packet_as_gmqtt_does(
+    caplog: Any,
+) -> None:
     import logging
 
     client = gmqtt.Client("test", logger=logging.getLogger("test.debugging"))
-    logging.getLogger("test.debugging").setLevel(logging.DEBUG)
-    generic = client._package_handler._handle_packet
-    assert not speed_up_receiving(client)
-    assert client._package_handler._handle_packet == generic
+    client._connection_state.protocol_version = MQTTv311
+    got: list[Any] = []
+    with caplog.at_level(logging.DEBUG, logger="test.debugging"):
+        install_receive_route(client, lambda *args: got.append(args), lambda mid: None)
+        client._package_handler._handle_packet(0x30, _string(b"t") + b"x")
+    assert got == [("t", b"x", 0, 0, {"dup": 0, "retain": 0})]
+    assert any("cmd: 0x30" in record.getMessage() for record in caplog.records)
+
+
+# The reader ------------------------------------------------------------------------------
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.packets: list[tuple[int, bytes]] = []
+
+    def put_package(self, package: Any) -> None:
+        self.packets.append((package.cmd, bytes(package.data)))
+
+
+def _gmqtts_packets(stream: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    protocol = MQTTProtocol.__new__(MQTTProtocol)
+    protocol._connection = _Recording()
+    used = MQTTProtocol._read_packet(protocol, stream)
+    return protocol._connection.packets, used
+
+
+packets = st.lists(
+    st.tuples(
+        st.integers(0x10, 0xFF),
+        st.one_of(st.binary(max_size=40), st.integers(100, 20_000).map(lambda n: b"\x07" * n)),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(packets, st.data())
+def test_the_reader_cuts_packets_as_gmqtt_does_whatever_the_reads(
+    sent: list[tuple[int, bytes]], data: st.DataObject
+) -> None:
+    stream = b"".join(bytes((cmd,)) + _vbi(len(body)) + body for cmd, body in sent)
+    stream += data.draw(st.binary(max_size=3), label="a packet cut short at the end")
+    # As the read loop does: reads of any size, the buffer kept between them.
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6), label="cuts"))
+    buf = bytearray()
+    got: list[tuple[int, bytes]] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        buf += stream[start:end]
+        found, used, needed = split_packets(buf)
+        assert needed >= 0
+        got += found
+        del buf[:used]
+        if needed:
+            assert needed > len(buf), "a packet said to be incomplete is there whole"
+    assert got == sent
+    assert (got, len(stream) - len(buf)) == _gmqtts_packets(stream)
+
+
+def test_the_reader_refuses_a_length_longer_than_four_bytes() -> None:
+    """A malformed length (MQTT-1.5.5: at most four bytes) stops the reader: the connection
+    is closed. gmqtt waited for more data instead, which could never make a valid packet."""
+    stream = b"\x30\x01x" + b"\x30\xff\xff\xff\xff\x01"
+    assert split_packets(stream) == ([(0x30, b"x")], 3, -1)

@@ -74,11 +74,24 @@ class MqttOptions:
     publish_timeout: float = 10.0
     """Seconds a publish waits for room in the in-flight window (and, with
     ``confirm=True``, for the server's acknowledgement) before it raises."""
+    receive_maximum: int = 1000
+    """MQTT 5: QoS 1/2 messages the server may send before this client has
+    acknowledged them (the Receive Maximum of CONNECT). A message is
+    acknowledged only once its handlers have settled it, so this bounds the
+    messages received and not yet handled. Under 3.1.1 the server decides
+    (Mosquitto: ``max_inflight_messages``, 20 by default)."""
     max_pending: int = 10_000
     """Deliveries received and not yet handled, over all subscriptions, before
-    the broker stops reading from the socket (the server then holds the rest)."""
+    the broker stops reading from the socket: a backstop for QoS 0 messages,
+    which no window bounds, and for a message fanned out to many subscriptions."""
+    resume_timeout: float = 30.0
+    """Seconds the messages of a resumed session wait for the subscription they
+    belong to (they can arrive before the application subscribes again). Still
+    unclaimed then, they belong to a subscription of the session that this
+    process no longer makes: they are acknowledged and dropped, with a warning."""
     max_message_size: int | None = None
-    """Largest body accepted by :meth:`publish`; ``None``: what one MQTT packet carries."""
+    """Largest message (body and headers) :meth:`publish` accepts, declared as
+    ``capabilities.max_message_size``; ``None``: what one MQTT packet carries."""
 
     # Connection -----------------------------------------------------------------------
     connect_timeout: float = 5.0
@@ -144,6 +157,10 @@ class MqttOptions:
             raise ValueError("max_inflight must be at least 1")
         if self.max_pending < 1:
             raise ValueError("max_pending must be at least 1")
+        if not 1 <= self.receive_maximum <= 65535:
+            raise ValueError("receive_maximum is a number of messages from 1 to 65535")
+        if self.resume_timeout < 0:
+            raise ValueError("resume_timeout cannot be negative")
         if not 0 <= self.session_expiry <= 0xFFFFFFFF:
             raise ValueError("session_expiry is seconds from 0 to 4294967295")
         if self.password is not None and self.username is None:
