@@ -324,6 +324,26 @@ def test_microbroker_plugins_reports_both_versions_and_what_to_upgrade(
     assert _ran(trace) == []
 
 
+# Install advice ------------------------------------------------------------------------------
+
+
+def test_a_plugin_of_this_repository_not_installed_is_named_both_ways() -> None:
+    """By name (from PyPI, once published) and by its folder (from a checkout)."""
+    installed = microbroker.available_brokers()
+    # A plugin whose folder is in this checkout, and that this environment lacks.
+    name = next(
+        n
+        for n in ("nats", "mqtt", "kafka", "rabbitmq", "redis")
+        if n not in installed and (ROOT / "plugins" / n / "pyproject.toml").exists()
+    )
+    with pytest.raises(microbroker.BrokerNotFound) as info:
+        microbroker.get_broker(name)
+    assert str(info.value).endswith(
+        f"It is a plugin: pip install microbroker-{name} from PyPI, or from a checkout of "
+        f"microbroker's repository: pip install ./plugins/{name}"
+    )
+
+
 # The declarations of this repository's plugins -----------------------------------------------
 
 
