@@ -295,7 +295,10 @@ def main() -> int:
     env.pop("MICRO_BROKER_ADDRESS", None)
     env["MICRO_REGISTRY_ADDRESS"] = str(work / "registry")  # the http broker's, private
     done = subprocess.run(
-        [str(python), "-I", "-u", str(smoke), str(manifest), str(ROOT)], cwd=work, env=env, check=False
+        [str(python), "-I", "-u", str(smoke), str(manifest), str(ROOT)],
+        cwd=work,
+        env=env,
+        check=False,
     )
     if done.returncode != 0:
         failures.add(f"the smoke test in the fresh venv failed (exit {done.returncode}; above)")
