@@ -45,13 +45,18 @@ def known_broker(name: str, *, exclude: Collection[str] = ()) -> str | None:
 
 
 def install_hint(broker: str) -> str:
-    """How to install the plugin of ``broker``: ``microbroker-<broker>``, and its checkout path."""
+    """How to install the plugin of ``broker``: by name, and from a checkout when it has a folder.
+
+    Both, because which one works depends on the user: the name once the
+    plugin is published on PyPI, the folder in a checkout of the repository
+    (where the plugins are before their first release).
+    """
     for plugin in KNOWN_BROKERS:
         if plugin.broker == broker:
             if plugin.source is None:
                 return plugin.distribution
             return (
-                f"{plugin.distribution} (from a checkout of microbroker's repository: "
-                f"pip install ./{plugin.source})"
+                f"{plugin.distribution} from PyPI, or from a checkout of microbroker's "
+                f"repository: pip install ./{plugin.source}"
             )
     return f"microbroker-{broker}"

@@ -66,6 +66,53 @@ class PluginError(MicrobrokerError):
         super().__init__(f"plugin {distribution}: {message}")
 
 
+class IncompatiblePlugin(PluginError):
+    """A plugin written for another plugin API than this core's: it was not loaded at all.
+
+    A plugin declares the plugin API versions it supports (``MICROBROKER_API =
+    ">=1.0,<2"`` in the module its entry point names); this core's is
+    :data:`microbroker.transport.API_VERSION`. None of the plugin's hooks ran.
+    """
+
+    def __init__(
+        self,
+        distribution: str,
+        *,
+        version: str,
+        requires: str,
+        api_version: str,
+        core_version: str,
+        upgrade: str,
+    ) -> None:
+        #: The plugin's version ("" for a plugin registered by hand).
+        self.version = version
+        #: The range of plugin API versions the plugin declares.
+        self.requires = requires
+        #: This core's plugin API version.
+        self.api_version = api_version
+        #: The distribution to upgrade: ``"microbroker"`` (the core is older than the
+        #: plugin needs) or the plugin's (it was written for an older core).
+        self.upgrade = upgrade
+        plugin = f"{distribution} {version}".strip()
+        text = (
+            f"{plugin} is written for plugin API {requires}, and microbroker {core_version} "
+            f"has plugin API {api_version}: "
+        )
+        if upgrade == "microbroker":
+            text += (
+                f"upgrade microbroker to a release whose plugin API is {requires} "
+                f"(pip install -U microbroker), or install a release of {distribution} "
+                f"written for plugin API {api_version}"
+            )
+        else:
+            text += (
+                f"upgrade {distribution} to a release written for plugin API {api_version} "
+                f"(pip install -U {distribution}), or install a microbroker release whose "
+                f"plugin API is {requires}"
+            )
+        super().__init__(distribution, f"{text}; it was not loaded")
+
+
 class NotConnected(MicrobrokerError):
     """The broker is not connected: call ``connect()`` (or use ``async with``) first."""
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
 
-from . import hookspecs
+from . import _api, hookspecs
 from ._catalog import install_hint, known_broker
-from ._errors import BrokerNotFound, PluginError, PluginNotFound
+from ._errors import BrokerNotFound, IncompatiblePlugin, PluginError, PluginNotFound
 from ._headers import normalize_content_type
 from ._markers import PROJECT
 
@@ -53,6 +53,31 @@ class PluginInfo:
     """The factory (or, for a codec, the codec)."""
 
 
+class _Refused(Exception):
+    """Raised by :class:`_PluginManager` for a plugin written for another plugin API."""
+
+    def __init__(self, mismatch: _api.Mismatch) -> None:
+        super().__init__(mismatch)
+        self.mismatch = mismatch
+
+
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager, which refuses a plugin written for another plugin API.
+
+    The check is in ``register`` so that it holds for plugins loaded through
+    entry points (pluggy imports the module, then registers it) and by hand
+    alike: a refused plugin's hooks are never registered, so none of them runs.
+    """
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        declared = getattr(plugin, _api.DECLARATION, None)
+        if declared is not None:
+            mismatch = _api.check(declared)
+            if mismatch is not None:
+                raise _Refused(mismatch)
+        return super().register(plugin, name)
+
+
 class PluginRegistry:
     """The plugin manager and the tables of what plugins registered.
 
@@ -63,7 +88,7 @@ class PluginRegistry:
     """
 
     def __init__(self, *, builtins: object | None = None, load_entry_points: bool = True) -> None:
-        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm: pluggy.PluginManager = _PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.errors: list[PluginError] = []
         self._failed_entry_points: dict[str, PluginError] = {}
@@ -94,10 +119,22 @@ class PluginRegistry:
                         entry_point=ep.name,
                     )
                 continue
+            version = ep.dist.version if ep.dist is not None else ""
+            # A plugin for another plugin API is refused before any of its code runs,
+            # when its declaration can be read from its source...
+            declared = _api.declared_in_source(ep.module)
+            mismatch = _api.check(declared) if declared is not None else None
+            if mismatch is not None:
+                self._record(_incompatible(mismatch, dist, version), entry_point=ep.name)
+                continue
             try:
                 # pluggy does the loading; one name at a time so that a broken
                 # plugin cannot stop the others from loading.
                 self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+            except _Refused as refusal:
+                # ... and otherwise once imported, before its hooks are registered.
+                self._record(_incompatible(refusal.mismatch, dist, version), entry_point=ep.name)
+                continue
             except Exception as exc:
                 self._record(
                     PluginError(dist, f"failed to load entry point {ep.value!r}: {exc!r}"),
@@ -158,6 +195,10 @@ class PluginRegistry:
             dist = distribution or (name or _plugin_label(plugin), "")
             try:
                 registered = self.pm.register(plugin, name=name)
+            except _Refused as refusal:
+                error = _incompatible(refusal.mismatch, *dist)
+                self._record(error)
+                raise error from None
             except (ValueError, pluggy.PluginValidationError) as exc:
                 raise PluginError(dist[0], str(exc)) from exc
             if registered is None:
@@ -299,6 +340,24 @@ class _Registrar:
             )
             return
         self.table[name] = PluginInfo(self.kind, name, self.dist, self.version, target)
+
+
+def _incompatible(mismatch: _api.Mismatch, dist: str, version: str) -> PluginError:
+    """The error of a plugin whose declared plugin API range this core is not in."""
+    if mismatch.range is None:
+        return PluginError(
+            dist,
+            f"declares {_api.DECLARATION} = {mismatch.declared!r}: {mismatch.problem}; "
+            "it was not loaded",
+        )
+    return IncompatiblePlugin(
+        dist,
+        version=version,
+        requires=str(mismatch.range),
+        api_version=_api.API_VERSION,
+        core_version=_version(PROJECT),
+        upgrade=PROJECT if mismatch.upgrade == "core" else dist,
+    )
 
 
 def _direct_call(caller: pluggy.HookCaller, argnames: tuple[str, ...]) -> Callable[..., None]:

@@ -8,6 +8,13 @@ named after the hooks below, and listed in its distribution's metadata::
 
 Implement only the hooks you need. The core registers its own built-ins
 (``memory``, ``http``, the codecs...) through these same hooks.
+
+These hooks and :mod:`microbroker.transport` are the plugin API, versioned as
+:data:`microbroker.transport.API_VERSION`. Declare the versions your plugin
+supports in that same module, as a string literal, so that a core outside the
+range can refuse it before running any of its code::
+
+    MICROBROKER_API = ">=1.0,<2"
 """
 
 from __future__ import annotations

@@ -19,10 +19,17 @@ event hooks, the retry policy). What a transport composes from here:
 - :func:`encode_envelope` and :func:`decode_envelope`, go-micro's JSON
   envelope, for a transport that carries headers inside the payload.
 
+This module and the hooks of :mod:`microbroker.hookspecs` are the plugin API,
+versioned as :data:`API_VERSION`. A plugin declares the versions it supports
+in the module its entry point names, ``MICROBROKER_API = ">=1.0,<2"``; a core
+outside that range refuses the plugin before running any of its code, and
+:func:`microbroker.plugin_errors` says which side to upgrade.
+
 ``docs/writing-a-plugin.md`` walks through a broker built on these, and
 ``examples/plugin-template`` is one to copy.
 """
 
+from ._api import API_VERSION
 from ._broker import Broker, Capabilities, Handler, Subscriber
 from ._delivery import Delivery, Settlement, dead_letter_message
 from ._envelope import EnvelopeError, decode_envelope, encode_envelope
@@ -59,6 +66,7 @@ from ._rpc import RequestReply, Responder
 from ._topics import Wildcards, check_topic
 
 __all__ = [
+    "API_VERSION",
     "ATTEMPTS",
     "CONTENT_TYPE",
     "DEFAULT_RETRY",

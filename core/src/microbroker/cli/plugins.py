@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
-from .._plugins import available, plugin_errors, registry
+from .._api import API_VERSION
+from .._errors import IncompatiblePlugin
+from .._plugins import _version, available, plugin_errors, registry
 from ._common import OK, broker_name, table
 
 _KINDS = ("broker", "codec", "registry", "client", "server")
@@ -21,7 +23,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         description="List what the installed plugins provide: brokers, codecs, "
         "registries, clients and servers, the plugins that implement event hooks "
         "(tracing, metrics...), with the distribution and version of each, "
-        "and every plugin that failed to load. The selected broker is marked with *.",
+        "and every plugin that failed to load (one written for another plugin API "
+        "says which distribution to upgrade). The selected broker is marked with *.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
@@ -42,10 +45,17 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
     rows.extend(_hook_rows())
-    errors = [{"distribution": e.distribution, "error": str(e)} for e in plugin_errors()]
+    errors: list[dict[str, Any]] = []
+    for failed in plugin_errors():
+        entry: dict[str, Any] = {"distribution": failed.distribution, "error": str(failed)}
+        if isinstance(failed, IncompatiblePlugin):
+            entry.update(requires=failed.requires, upgrade=failed.upgrade)
+        errors.append(entry)
+    core = _version("microbroker")
     out = sys.stdout
     if args.json:
-        json.dump({"plugins": rows, "errors": errors}, out, indent=2)
+        document = {"version": core, "api_version": API_VERSION, "plugins": rows, "errors": errors}
+        json.dump(document, out, indent=2)
         out.write("\n")
         return OK
     table(
@@ -63,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         ],
         out,
     )
+    out.write(f"\nmicrobroker {core}, plugin API {API_VERSION}\n")
     if not any(row["selected"] for row in rows):
         out.write(f"\nThe selected broker {selected!r} is not installed.\n")
     if errors:

@@ -7,6 +7,8 @@ from typing import Any
 
 from microbroker import hookimpl
 
+MICROBROKER_API = ">=1.0,<2"  # the plugin API versions this plugin is written for
+
 
 @hookimpl
 def register_brokers(register: Callable[[str, Callable[..., Any]], None]) -> None:

@@ -22,6 +22,8 @@ from microbroker import Broker, Delivery, Message, hookimpl
 
 from .telemetry import HEADER_GETTER, current, enabled
 
+MICROBROKER_API = ">=1.0,<2"  # the plugin API versions this plugin is written for
+
 Publish = Callable[..., Awaitable[None]]
 Handler = Callable[[Delivery], Awaitable[None]]
 
