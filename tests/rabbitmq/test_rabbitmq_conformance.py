@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from microbroker_rabbitmq import RabbitMQBroker
 from support.rabbitmq_server import RabbitMQServer
 
 from microbroker.conformance import BrokerConformance, BrokerFactory, RestartServer
+from microbroker_rabbitmq import RabbitMQBroker
 
 
 class TestRabbitMQ(BrokerConformance):

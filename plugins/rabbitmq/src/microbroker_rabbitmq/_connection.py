@@ -82,6 +82,10 @@ class Link:
     def closed(self) -> bool:
         return self._closed
 
+    def _stopped(self) -> bool:
+        # A method, not the attribute: it changes while this task awaits.
+        return self._closed
+
     @property
     def frame_max(self) -> int:
         connection = self._connection
@@ -157,7 +161,7 @@ class Link:
                     connection = self.connection
                     if connection is not None:
                         return connection
-                    if self.closed:
+                    if self._stopped():
                         break
         except TimeoutError:
             raise NotConnected(
@@ -173,17 +177,17 @@ class Link:
             task.add_done_callback(_ignore_result)
 
     async def _watch(self) -> None:
-        while not self.closed:
+        while not self._stopped():
             connection = self._connection
             assert connection is not None
             with contextlib.suppress(BaseException):
                 await connection.closing
-            if self.closed:
+            if self._stopped():
                 return
             self._ready.clear()
             logger.warning("rabbitmq connection lost; reconnecting")
             attempt = 0
-            while not self.closed:
+            while not self._stopped():
                 attempt += 1
                 try:
                     new = await self._connect_one()
@@ -197,7 +201,7 @@ class Link:
                     logger.debug("rabbitmq reconnect attempt %d failed: %s", attempt, exc)
                     await asyncio.sleep(delay)
                     continue
-                if self.closed:
+                if self._stopped():
                     await new.close()
                     return
                 self.reconnects += 1

@@ -179,6 +179,19 @@ class Publisher:
                         f"rabbitmq did not confirm the publish to {routing_key!r} within "
                         f"{timeout}s (publish_timeout)"
                     ) from None
+                except asyncio.CancelledError as exc:
+                    task = asyncio.current_task()
+                    if (task is not None and task.cancelling()) or self._link.closed:
+                        raise  # this publish was cancelled, or the broker closed
+                    # aiormq cancels what is in flight on a connection it gave up (a missed
+                    # heartbeat): the publish was not confirmed, so it is made again.
+                    if loop.time() >= deadline:
+                        raise PublishError(
+                            f"rabbitmq publish to {routing_key!r} failed: the connection was lost "
+                            f"and not restored within {timeout}s"
+                        ) from exc
+                    await asyncio.sleep(min(backoff(attempt, 0.02, 2.0, 1.0), timeout / 10))
+                    continue
                 except _LOST as exc:
                     if self._link.closed:
                         raise NotConnected("rabbitmq broker was disconnected") from exc
