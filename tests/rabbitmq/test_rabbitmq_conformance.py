@@ -19,3 +19,17 @@ class TestRabbitMQ(BrokerConformance):
     @pytest.fixture
     def restart_server(self, rabbitmq_server: RabbitMQServer) -> RestartServer:
         return rabbitmq_server.restart
+
+
+class TestRabbitMQQuorum(BrokerConformance):
+    """Queue groups on quorum queues: the attempt from the server's ``x-delivery-count``."""
+
+    @pytest.fixture
+    def broker_factory(self, rabbitmq_server: RabbitMQServer) -> BrokerFactory:
+        return lambda: RabbitMQBroker(
+            rabbitmq_server.url, queue_type="quorum", queue_name="{topic}:{queue}:quorum"
+        )
+
+    @pytest.fixture
+    def restart_server(self, rabbitmq_server: RabbitMQServer) -> RestartServer:
+        return rabbitmq_server.restart
