@@ -22,11 +22,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import aiormq.abc
-from pamqp.commands import Basic
 
 from microbroker.transport import Delivery, Message, report_error
 
-from ._publishing import decode_framed
+from ._publishing import Properties, decode_framed
 from ._topology import ATTEMPT, DELAY, FRAMED, SERVER_HEADERS, TOPIC
 
 if TYPE_CHECKING:
@@ -133,7 +132,7 @@ class RabbitMQDelivery(Delivery):
         headers.pop(DELAY, None)
         headers[ATTEMPT] = str(self.attempt + 1)
         headers[TOPIC] = self.topic
-        copy = Basic.Properties(
+        copy = Properties(
             headers=headers,
             delivery_mode=properties.delivery_mode,
             content_type=properties.content_type,

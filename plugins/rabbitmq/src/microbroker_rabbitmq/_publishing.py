@@ -13,8 +13,8 @@ before its confirm is made again on the next connection (within
 ``publish_timeout``): at least once, a duplicate being possible.
 
 A headers table must fit in one AMQP frame (``frame_max``, 128 KiB by
-default) and each name in 255 bytes. A message whose headers do not is sent
-*framed*: its headers, as JSON, at the front of the body, marked by the
+default) and each name in 128 bytes (pamqp cuts longer ones). A message
+whose headers do not is sent *framed*: its headers, as JSON, at the front of the body, marked by the
 ``x-microbroker-framed`` header, so that every message within
 ``max_message_size`` is carried.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import struct
 from typing import Any
 
 import aiormq
@@ -41,6 +42,9 @@ from ._topology import (
     delay_exchange,
 )
 from .options import RabbitMQOptions
+
+#: The longest header name pamqp encodes whole (it cuts longer ones to 128 bytes).
+NAME_MAX = 128
 
 #: What the other properties and the frame's own fields take at most, besides the headers.
 _PROPERTIES_ROOM = 2048
@@ -64,12 +68,12 @@ def encode_headers(headers: dict[str, str], frame_max: int) -> tuple[dict[str, A
     bound = 0
     for name, value in headers.items():
         bound += len(name) + 4 * len(value) + 6
-    if bound <= room and all(len(name) <= SHORTSTR for name in headers):
+    if bound <= room and all(len(name) <= NAME_MAX for name in headers):
         return dict(headers), None
     exact = 4
     for name, value in headers.items():
         encoded = len(name.encode())
-        if encoded > SHORTSTR:
+        if encoded > NAME_MAX:
             exact = room + 1
             break
         exact += encoded + len(value.encode()) + 6
@@ -86,6 +90,38 @@ def decode_framed(body: bytes) -> tuple[dict[str, str], bytes]:
     return headers, body[4 + size :]
 
 
+_LENGTH = struct.Struct(">I").pack
+
+
+def encode_table(table: dict[str, Any]) -> bytes:
+    """An AMQP field table of string values, in one pass; ``None`` for any other value."""
+    parts: list[bytes] = []
+    for name, value in table.items():
+        if type(value) is not str:
+            raise TypeError(name)
+        key = name.encode()
+        data = value.encode()
+        parts += (bytes((len(key),)), key, b"S", _LENGTH(len(data)), data)
+    payload = b"".join(parts)
+    return _LENGTH(len(payload)) + payload
+
+
+class Properties(Basic.Properties):
+    """``Basic.Properties`` whose headers table of strings is encoded in one pass.
+
+    pamqp's general encoder takes about 6 µs a header (it sorts, checks every
+    type, and logs); a microbroker message's headers are all strings.
+    """
+
+    def encode_property(self, name: str, value: Any) -> bytes:
+        if name == "headers":
+            try:
+                return encode_table(value)
+            except TypeError:
+                pass  # a header of another AMQP client (a number, a table): pamqp's encoder
+        return super().encode_property(name, value)
+
+
 def properties_for(
     headers: dict[str, Any], source: dict[str, str], persistent: bool
 ) -> Basic.Properties:
@@ -99,7 +135,7 @@ def properties_for(
                 content_type = value
             elif message_id is None and folded == "micro-id":
                 message_id = value
-    return Basic.Properties(
+    return Properties(
         headers=headers or None,
         delivery_mode=2 if persistent else 1,
         content_type=content_type if content_type and len(content_type) <= SHORTSTR else None,
