@@ -13,6 +13,10 @@ the same server:
 - *consume*: the same queue, pre-filled, consumed with manual acks at
   prefetch ``window``, messages per second until all are acked.
 
+aiormq is also measured on a quorum queue (``x-queue-type: quorum``), the
+queue type that counts redeliveries (``x-delivery-count``), against the
+classic queue the broker uses by default.
+
 CPU per message is this process's CPU time (user + system, from
 ``time.process_time``) over the messages: the client's cost, not the server's.
 Each case is run ``repeat`` times, keeping the best rate.
@@ -55,13 +59,17 @@ async def _timed(n: int, run: Callable[[], Awaitable[None]]) -> tuple[float, flo
     return n / wall, cpu / n * 1e6
 
 
-async def aiormq_case(url: str, size: int, n: int, window: int) -> tuple[Result, Result]:
+async def aiormq_case(
+    url: str, size: int, n: int, window: int, quorum: bool = False
+) -> tuple[Result, Result]:
     body = os.urandom(size)
     queue = f"bench-{uuid.uuid4().hex[:8]}"
+    client = "aiormq, quorum queue" if quorum else "aiormq"
     conn = await aiormq.connect(url)
     try:
         channel = await conn.channel(publisher_confirms=True)
-        await channel.queue_declare(queue, durable=True)
+        arguments = {"x-queue-type": "quorum"} if quorum else None
+        await channel.queue_declare(queue, durable=True, arguments=arguments)
         props = Basic.Properties(delivery_mode=2, headers={"Micro-ID": "x"})
         slots = asyncio.Semaphore(window)
 
@@ -76,7 +84,7 @@ async def aiormq_case(url: str, size: int, n: int, window: int) -> tuple[Result,
             await asyncio.gather(*(one() for _ in range(n)))
 
         rate, cpu = await _timed(n, publish)
-        publish_result = Result("aiormq", "publish+confirm", size, rate, cpu)
+        publish_result = Result(client, "publish+confirm", size, rate, cpu)
 
         consumer = await conn.channel()
         await consumer.basic_qos(prefetch_count=window)
@@ -95,7 +103,7 @@ async def aiormq_case(url: str, size: int, n: int, window: int) -> tuple[Result,
             await done
 
         rate, cpu = await _timed(n, consume)
-        consume_result = Result("aiormq", "consume+ack", size, rate, cpu)
+        consume_result = Result(client, "consume+ack", size, rate, cpu)
         await consumer.close()
         await channel.queue_delete(queue)
         return publish_result, consume_result
@@ -167,7 +175,11 @@ def server(address: str | None) -> Iterator[str]:
 
 async def main_async(url: str, n: int, repeat: int, window: int) -> list[Result]:
     best: dict[tuple[str, str, int], Result] = {}
-    cases = {"aiormq": aiormq_case, "aio-pika": aio_pika_case}
+
+    async def quorum(url: str, size: int, n: int, window: int) -> tuple[Result, Result]:
+        return await aiormq_case(url, size, n, window, quorum=True)
+
+    cases = {"aiormq": aiormq_case, "aio-pika": aio_pika_case, "aiormq, quorum queue": quorum}
     for size in (128, 1024):
         for _ in range(repeat):
             for client, run in cases.items():  # interleaved: both see the same server state
