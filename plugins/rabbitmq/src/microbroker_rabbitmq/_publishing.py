@@ -239,6 +239,10 @@ class Publisher:
                     # Not confirmed: publish again once the connection is back (at least once).
                     await asyncio.sleep(min(backoff(attempt, 0.02, 2.0, 1.0), timeout / 10))
                     continue
+                except aiormq.exceptions.AMQPError as exc:
+                    raise PublishError(
+                        f"rabbitmq publish to {routing_key!r} failed: {exc}"
+                    ) from exc
                 if confirmation is not None and not isinstance(confirmation, Basic.Ack):
                     raise PublishError(
                         f"rabbitmq refused the publish to {routing_key!r} "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Literal, cast
 
 import aiormq
@@ -57,8 +58,10 @@ class RabbitMQSubscriber(Subscriber):
         publisher: Publisher,
         options: RabbitMQOptions,
         group_queue: str | None,
+        on_unsubscribe: Callable[[RabbitMQSubscriber], None] | None = None,
     ) -> None:
         super().__init__(topic, queue, auto_ack)
+        self._on_unsubscribe = on_unsubscribe
         self._deliver = deliver
         self._link = link
         self._publisher = publisher
@@ -176,6 +179,8 @@ class RabbitMQSubscriber(Subscriber):
             return
         self._active = False
         self._stop_listening()
+        if self._on_unsubscribe is not None:
+            self._on_unsubscribe(self)
         await self.stop_consuming()
         # Let the running handler finish; what was not handled goes back to the queue (and
         # to another member of the group) when the channel closes, unacknowledged.

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from typing import Any
@@ -186,9 +187,10 @@ class RabbitMQBroker(Broker):
             publisher=publisher,
             options=self.settings,
             group_queue=group_queue,
+            on_unsubscribe=self._forget,
         )
-        connection = await link.ready(self.settings.publish_timeout)
         try:
+            connection = await link.ready(self.settings.publish_timeout)
             await subscriber.start(connection)
         except aiormq.exceptions.AMQPError as exc:
             await subscriber.unsubscribe()
@@ -198,6 +200,10 @@ class RabbitMQBroker(Broker):
             raise
         self._subscribers.append(subscriber)
         return subscriber
+
+    def _forget(self, subscriber: RabbitMQSubscriber) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(subscriber)
 
     def settings_dict(self) -> dict[str, Any]:
         """The effective settings (for diagnostics)."""
