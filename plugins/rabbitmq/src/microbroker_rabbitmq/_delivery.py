@@ -19,6 +19,7 @@ subscription that handed it back on closing).
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import aiormq.abc
@@ -116,11 +117,12 @@ class RabbitMQDelivery(Delivery):
 
     # Settlement -----------------------------------------------------------------------
 
-    async def on_ack(self) -> None:
-        await self._sub.settle(self._raw, "ack")
+    # The settle coroutine itself, one frame less per message than an ``async def``.
+    def on_ack(self) -> Coroutine[Any, Any, None]:
+        return self._sub.settle(self._raw, "ack")
 
-    async def on_reject(self) -> None:
-        await self._sub.settle(self._raw, "reject")
+    def on_reject(self) -> Coroutine[Any, Any, None]:
+        return self._sub.settle(self._raw, "reject")
 
     async def on_nack(self, delay: float) -> None:
         sub = self._sub

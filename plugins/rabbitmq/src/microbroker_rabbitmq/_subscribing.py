@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, cast
 
 import aiormq
@@ -132,11 +132,11 @@ class RabbitMQSubscriber(Subscriber):
             # Closing: the channel closes next and the server takes the message back.
             return
 
-    async def _handle(self, delivery: RabbitMQDelivery) -> None:
+    def _handle(self, delivery: RabbitMQDelivery) -> Awaitable[None]:
         if self._group and delivery.raw.channel.is_closed:
             # Received on a lost connection: the server put it back in the group's queue.
-            return
-        await self._deliver(delivery)
+            return asyncio.sleep(0)
+        return self._deliver(delivery)
 
     # Settlement (for RabbitMQDelivery) ------------------------------------------------
 
