@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 from typing import Any
 
@@ -204,10 +203,6 @@ class RabbitMQBroker(Broker):
     def _forget(self, subscriber: RabbitMQSubscriber) -> None:
         with contextlib.suppress(ValueError):
             self._subscribers.remove(subscriber)
-
-    def settings_dict(self) -> dict[str, Any]:
-        """The effective settings (for diagnostics)."""
-        return {f.name: getattr(self.settings, f.name) for f in dataclasses.fields(self.settings)}
 
 
 def _queue_name(name: str) -> str:
