@@ -3,7 +3,7 @@
     python benchmarks/run.py [--quick] [--only nats,memory] [--repeat N]
     tox -e bench -- --quick
 
-For each transport (memory, http, nats core and JetStream, mqtt, kafka) that
+For each transport (memory, http, nats core and JetStream, mqtt, kafka, rabbitmq) that
 is installed, with its server started the way the tests start theirs (a
 child process on a free loopback port, stopped afterwards):
 
@@ -132,6 +132,15 @@ def transports(wanted: set[str] | None, quick: bool = False) -> tuple[list[Trans
                 "kafka: skipped, the kafka plugin (microbroker-kafka) or "
                 "tests/support/kafka_server.py is not there yet"
             )
+    if want("rabbitmq"):
+        from support.rabbitmq_server import rabbitmq_script
+
+        if installed("microbroker_rabbitmq") and rabbitmq_script():
+            from transports import rabbitmq
+
+            found.append(rabbitmq.transport())
+        else:
+            skipped.append("rabbitmq: skipped, microbroker-rabbitmq or rabbitmq-server missing")
     return found, skipped
 
 
@@ -440,7 +449,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run, under two minutes")
     parser.add_argument(
-        "--only", help="comma-separated: memory,http,nats,nats-jetstream,mqtt,kafka,rpc,rss"
+        "--only",
+        help="comma-separated: memory,http,nats,nats-jetstream,mqtt,kafka,rabbitmq,rpc,rss",
     )
     parser.add_argument("--repeat", type=int, help="runs per case, the best is kept")
     parser.add_argument("--no-rss", action="store_true")

@@ -11,7 +11,8 @@ from ._errors import InvalidTopic
 class Wildcards:
     """The wildcard syntax of a broker's topics.
 
-    For example NATS: ``.``, ``*``, ``>``; MQTT: ``/``, ``+``, ``#``.
+    For example NATS: ``.``, ``*``, ``>``; MQTT: ``/``, ``+``, ``#``; AMQP
+    (RabbitMQ): ``.``, ``*``, ``#``, whose ``#`` also matches zero levels.
     """
 
     separator: str
@@ -19,6 +20,12 @@ class Wildcards:
     """Matches exactly one level."""
     many: str
     """Matches one or more trailing levels."""
+    many_matches_zero: bool = False
+    """Whether ``many`` also matches no level at all: ``a.#`` receives ``a`` itself.
+
+    So do AMQP's ``#`` (RabbitMQ) and MQTT's ``#``; NATS's ``>`` does not. The
+    conformance suite holds a broker that declares it to it.
+    """
 
 
 def check_topic(topic: str) -> None:
