@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("microbroker.mqtt")
 
-WILDCARDS = Wildcards(separator="/", one="+", many="#")
+WILDCARDS = Wildcards(
+    separator="/", one="+", many="#", many_matches_zero=True
+)  # "a/#" gets "a" too
 
 _MAX_SUBSCRIPTION_ID = 268_435_455
 # SUBSCRIBE/UNSUBSCRIBE in flight at once: packet ids are shared with publishes and
