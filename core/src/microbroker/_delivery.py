@@ -198,7 +198,7 @@ class Delivery:
         """
         if self._state == _PENDING:
             self._state = _NACKED
-            await self.on_nack(0.0)
+            await self.on_release()
 
     # Transport hooks: a broker overrides these. -------------------------------------
 
@@ -212,6 +212,14 @@ class Delivery:
         subscription's retry policy (or the handler's explicit ``delay``). A
         transport without redelivery leaves it as it is (a no-op).
         """
+
+    async def on_release(self) -> None:
+        """Hand the message back at once, as not delivered (:meth:`release`).
+
+        By default ``on_nack(0.0)``. A transport that counts attempts itself
+        overrides it to hand the message back without counting one.
+        """
+        await self.on_nack(0.0)
 
     async def on_reject(self) -> None:
         """Tell the transport never to deliver the message again.

@@ -272,6 +272,11 @@ class _MemoryDelivery(Delivery):
     async def on_nack(self, delay: float) -> None:
         self._sub.redeliver(self, delay)
 
+    async def on_release(self) -> None:
+        # Not delivered, so not an attempt: it comes back with the same count.
+        message = self.message
+        self._sub.push((self.topic, message.body, message.headers, self.attempt))
+
 
 class _MemorySubscriber(Subscriber):
     def __init__(
