@@ -15,6 +15,8 @@ event hooks, the retry policy). What a transport composes from here:
   transport's own waits too: reconnects, retried sends);
 - the header names and checks (:func:`check_headers`, :func:`header_size`,
   :func:`header_pairs`) and :func:`check_topic`;
+- :func:`encode_envelope` and :func:`decode_envelope`, go-micro's JSON envelope
+  (``{"Header": {...}, "Body": "<base64>"}``) for transports that carry it;
 - :func:`report_error`, for what a transport cannot hand to a caller.
 
 ``docs/writing-a-plugin.md`` walks through a broker built on these, and
@@ -23,6 +25,7 @@ event hooks, the retry policy). What a transport composes from here:
 
 from ._broker import Broker, Capabilities, Handler, Subscriber
 from ._delivery import Delivery, Settlement
+from ._envelope import decode_envelope, encode_envelope
 from ._errors import (
     GivenUp,
     InvalidHeader,
@@ -88,6 +91,8 @@ __all__ = [
     "check_headers",
     "check_topic",
     "dead_letter_message",
+    "decode_envelope",
+    "encode_envelope",
     "header_pairs",
     "header_size",
     "new_message_id",
