@@ -21,6 +21,9 @@ _CONTENT_TYPES: dict[bytes, str] = {}
 """Content types as received, decoded: a typed subscriber reads one per delivery."""
 
 
+_init = Delivery.__init__
+
+
 class KafkaDelivery(Delivery):
     """A delivery from a Kafka partition.
 
@@ -53,7 +56,7 @@ class KafkaDelivery(Delivery):
         key: bytes | None,
     ) -> None:
         """Either the record's ``headers`` (parsed lazily) or a ready ``message``."""
-        super().__init__(topic, message, queue=queue, attempt=attempt)
+        _init(self, topic, message, queue=queue, attempt=attempt)  # once per record: no super()
         self._body = body
         self._raw_headers = headers
         self._sub = sub
