@@ -54,3 +54,8 @@ def test_anything_else_is_not_an_envelope(data: bytes, why: str) -> None:
     with pytest.raises(EnvelopeError, match=why):
         decode_envelope(data)
     assert issubclass(EnvelopeError, ValueError)
+
+
+def test_the_body_is_base64_and_headers_keep_unicode() -> None:
+    doc = json.loads(encode_envelope({"X-Name": "héllo ✓"}, b"\x00\xff"))
+    assert doc == {"Header": {"X-Name": "héllo ✓"}, "Body": base64.b64encode(b"\x00\xff").decode()}

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from support.kafka_server import KafkaServer, ObjectStore
+
+
+@pytest.fixture(autouse=True)
+def no_kafka_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own ``MICRO_KAFKA_*`` settings must not change what a test sees."""
+    for name in list(os.environ):
+        if name.startswith("MICRO_KAFKA_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

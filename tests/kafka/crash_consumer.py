@@ -17,7 +17,7 @@ from microbroker_kafka import KafkaBroker
 
 async def main(address: str, topic: str, group: str, outfile: str) -> None:
     out = open(outfile, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept until the kill
-    broker = KafkaBroker(address, partitions=2, **FAST)
+    broker = KafkaBroker(address, **{**FAST, "partitions": 2})
     await broker.connect()
 
     async def handler(delivery: Delivery) -> None:

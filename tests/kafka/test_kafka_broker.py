@@ -19,7 +19,7 @@ from support.kafka_server import KafkaServer
 from support.process import free_port
 
 import microbroker
-from microbroker import Delivery, Message, get_broker
+from microbroker import Delivery, Message, RetryPolicy, get_broker
 from microbroker_kafka import KafkaBroker, KafkaConnectError, KafkaDelivery, SubscribeError
 
 HERE = Path(__file__).parent
@@ -53,7 +53,7 @@ def test_malformed_address_and_unknown_option_fail_clearly() -> None:
 async def test_two_members_of_a_group_split_the_partitions(kafka_server: KafkaServer) -> None:
     t = topic()
     got: dict[str, list[KafkaDelivery]] = {"a": [], "b": []}
-    brokers = [KafkaBroker(kafka_server.address, partitions=4, **FAST) for _ in range(3)]
+    brokers = [KafkaBroker(kafka_server.address, **{**FAST, "partitions": 4}) for _ in range(3)]
     pub, a, b = brokers
     for broker in brokers:
         await broker.connect()
@@ -91,8 +91,8 @@ async def test_two_members_of_a_group_split_the_partitions(kafka_server: KafkaSe
 async def test_records_of_one_key_keep_their_order(kafka_server: KafkaServer) -> None:
     t = topic()
     async with (
-        KafkaBroker(kafka_server.address, partitions=4, **FAST) as pub,
-        KafkaBroker(kafka_server.address, partitions=4, **FAST) as sub,
+        KafkaBroker(kafka_server.address, **{**FAST, "partitions": 4}) as pub,
+        KafkaBroker(kafka_server.address, **{**FAST, "partitions": 4}) as sub,
     ):
         seen: list[KafkaDelivery] = []
 
@@ -143,7 +143,7 @@ async def test_committed_offset_never_passes_an_unacked_message(
     first: list[bytes] = []
     async with (
         KafkaBroker(kafka_server.address, **FAST) as pub,
-        KafkaBroker(kafka_server.address, max_redelivery_delay=0.2, **FAST) as sub,
+        KafkaBroker(kafka_server.address, **FAST) as sub,
     ):
 
         async def failing(delivery: Delivery) -> None:
@@ -153,7 +153,10 @@ async def test_committed_offset_never_passes_an_unacked_message(
                     raise RuntimeError("deliberate failure")
                 await delivery.nack()
 
-        subscription = await sub.subscribe(t, failing, queue=group)
+        # Never given up within the test: only the committed offset is looked at here
+        # (test_kafka_retry.py has the give-up).
+        patient = RetryPolicy(max_attempts=10_000, backoff=0.01, max_backoff=0.2)
+        subscription = await sub.subscribe(t, failing, queue=group, retry=patient)
         for n in range(10):
             await pub.publish(t, Message(str(n).encode()))
         await eventually(
@@ -221,7 +224,7 @@ async def test_a_member_killed_mid_batch_loses_nothing(
         line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
         assert line.strip() == b"subscribed", line
         total = 500
-        async with KafkaBroker(kafka_server.address, partitions=2, **FAST) as pub:
+        async with KafkaBroker(kafka_server.address, **{**FAST, "partitions": 2}) as pub:
             for n in range(total):
                 await pub.publish(t, Message(str(n).encode()), key=str(n))
 
@@ -239,7 +242,7 @@ async def test_a_member_killed_mid_batch_loses_nothing(
             async def handler(delivery: Delivery) -> None:
                 taken.append(delivery.message.body.decode())
 
-            async with KafkaBroker(kafka_server.address, partitions=2, **FAST) as heir:
+            async with KafkaBroker(kafka_server.address, **{**FAST, "partitions": 2}) as heir:
                 await heir.subscribe(t, handler, queue=group)
                 expected = {str(n) for n in range(total)}
                 try:

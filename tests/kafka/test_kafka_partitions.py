@@ -63,8 +63,10 @@ async def test_a_broadcast_subscriber_reads_partitions_added_to_its_topic(
     # because a reset policy says so.
     options = {**FAST, "offset_reset": "latest"}
     async with (
-        KafkaBroker(kafka_server.address, partitions=2, **options) as pub,
-        KafkaBroker(kafka_server.address, partitions=2, metadata_refresh=1.0, **options) as sub,
+        KafkaBroker(kafka_server.address, **{**options, "partitions": 2}) as pub,
+        KafkaBroker(
+            kafka_server.address, metadata_refresh=1.0, **{**options, "partitions": 2}
+        ) as sub,
     ):
         await sub.subscribe(t, handler)
         await pub.publish(t, Message(b"before"), partition=1)
@@ -109,8 +111,8 @@ async def test_reassignment_for_a_new_partition_neither_loses_nor_repeats_on_the
             on_one[delivery.message.body] += 1
 
     async with (
-        KafkaBroker(kafka_server.address, partitions=2, confirm=False, **FAST) as pub,
-        KafkaBroker(kafka_server.address, partitions=2, **FAST) as sub,
+        KafkaBroker(kafka_server.address, confirm=False, **{**FAST, "partitions": 2}) as pub,
+        KafkaBroker(kafka_server.address, **{**FAST, "partitions": 2}) as sub,
     ):
         subscription = await sub.subscribe(t, handler)
         await pub.publish(t, Message(b"one"), partition=1)
@@ -137,7 +139,7 @@ async def test_reassignment_for_a_new_partition_neither_loses_nor_repeats_on_the
 async def test_publishing_to_a_partition_the_topic_lacks_fails_clearly(
     kafka_server: KafkaServer,
 ) -> None:
-    async with KafkaBroker(kafka_server.address, partitions=2, **FAST) as pub:
+    async with KafkaBroker(kafka_server.address, **{**FAST, "partitions": 2}) as pub:
         t = topic()
         await pub.publish(t, Message(b"x"), partition=1)
         with pytest.raises(PublishError, match=r"has no partition 5 \(it has 2 partitions\)"):

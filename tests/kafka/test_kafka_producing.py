@@ -18,7 +18,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from kafka_helpers import FAST, eventually
 from support.kafka_server import KafkaServer
 
-from microbroker import Delivery, Message, PublishError
+from microbroker import Delivery, Message, MessageTooLarge, PublishError
 from microbroker_kafka import KafkaBroker, KafkaDelivery
 
 
@@ -31,8 +31,8 @@ async def test_keyed_records_land_where_aiokafka_puts_them(kafka_server: KafkaSe
     t = topic()
     partitions = 5
     async with (
-        KafkaBroker(kafka_server.address, partitions=partitions, **FAST) as pub,
-        KafkaBroker(kafka_server.address, partitions=partitions, **FAST) as sub,
+        KafkaBroker(kafka_server.address, **{**FAST, "partitions": partitions}) as pub,
+        KafkaBroker(kafka_server.address, **{**FAST, "partitions": partitions}) as sub,
     ):
         seen: list[KafkaDelivery] = []
 
@@ -149,11 +149,15 @@ async def test_a_failed_batch_nobody_awaits_is_logged_with_its_record_count(
 async def test_a_record_over_the_request_limit_fails_at_publish(
     kafka_server: KafkaServer,
 ) -> None:
-    """Its body is allowed; its headers take it past the request limit: an error, not a drop."""
+    """Headers count against max_message_size (MessageTooLarge, before anything is sent); a
+    record key is not a header, and one that takes a record past the request limit is an
+    error at publish, not a drop."""
     t = topic()
     async with KafkaBroker(kafka_server.address, max_message_size=1024, **FAST) as pub:
         await pub.publish(t, Message(b"small"))  # the topic exists, the fast path is taken
-        big = {"X-Big": "h" * (300 * 1024)}  # over max_message_size + 256 KiB of headroom
+        with pytest.raises(MessageTooLarge):
+            await pub.publish(t, Message(b"body", {"X-Big": "h" * 1024}))
+        big_key = b"k" * (300 * 1024)  # over max_message_size + 256 KiB of headroom
         with pytest.raises(PublishError, match="max_request_size"):
-            await pub.publish(t, Message(b"body", big))
+            await pub.publish(t, Message(b"body"), key=big_key)
         await pub.publish(t, Message(b"after"))  # and the producer goes on

@@ -154,7 +154,7 @@ async def test_publish_and_subscribe_over_tls(tls_front: TlsFront) -> None:
     async def on_grouped(delivery: microbroker.Delivery) -> None:
         grouped.append(delivery.body)
 
-    async with KafkaBroker(tls_front.address, tls=tls, partitions=2, **FAST) as broker:
+    async with KafkaBroker(tls_front.address, tls=tls, **{**FAST, "partitions": 2}) as broker:
         await broker.subscribe(topic, on_broadcast)
         await broker.subscribe(topic, on_grouped, queue="over-tls")
         for n in range(20):
@@ -179,3 +179,23 @@ async def test_plaintext_to_a_tls_port_fails_clearly(tls_front: TlsFront) -> Non
     message = await connect_fails(broker)
     assert tls_front.address in message
     assert "require TLS or SASL" in message
+
+
+async def test_tls_from_the_environment(
+    tls_front: TlsFront, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MICRO_KAFKA_TLS_CA_FILE alone turns TLS on, trusting that CA: no SSLContext in code."""
+    monkeypatch.setenv("MICRO_KAFKA_TLS_CA_FILE", str(tls_front.ca_file))
+    topic = f"tls.env.{uuid.uuid4().hex[:8]}"
+    received: list[bytes] = []
+
+    async def handler(delivery: microbroker.Delivery) -> None:
+        received.append(delivery.body)
+
+    broker = microbroker.get_broker("kafka", address=tls_front.address, **FAST)
+    assert isinstance(broker, KafkaBroker)
+    assert broker.settings.security_protocol == "SSL"
+    async with broker:
+        await broker.subscribe(topic, handler)
+        await broker.publish(topic, microbroker.Message(b"sealed"))
+        await eventually(lambda: received == [b"sealed"], 30, "delivery over TLS")
