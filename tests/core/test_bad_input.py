@@ -99,8 +99,12 @@ def test_headers_up_to_the_limit_and_non_ascii_text_travel_intact() -> None:
 
 def test_too_many_headers_are_refused_with_a_clear_message() -> None:
     exact = {f"X-{i}": "v" for i in range(256)}
-    assert len(asyncio.run(round_trip("fuzz", Message(b"x", dict(exact))))[0].message.headers) == 256
-    with pytest.raises(InvalidHeader, match="257 headers, more than the memory broker's max_headers"):
+    assert (
+        len(asyncio.run(round_trip("fuzz", Message(b"x", dict(exact))))[0].message.headers) == 256
+    )
+    with pytest.raises(
+        InvalidHeader, match="257 headers, more than the memory broker's max_headers"
+    ):
         asyncio.run(round_trip("fuzz", Message(b"x", {**exact, "X-One-More": "v"})))
     # A broker declaring no limit carries more.
     many = {f"X-{i}": "v" for i in range(1000)}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
+import re
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 SERVICE = "micro.http.broker"
@@ -21,9 +24,116 @@ PROTOCOL = "1"
 
 _LEN = struct.Struct(">I")
 
+MAX_DEPTH = 64
+"""The deepest JSON nesting the server parses (go-micro's envelope needs 2, a frame's headers 1).
+
+Deeper JSON is refused before ``json.loads`` would reach Python's recursion limit."""
+
+# A JSON string, escapes included: brackets inside one do not nest.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+# Brackets become steps of +1 and -1 (as signed bytes); everything else is deleted.
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
 
 class WireError(ValueError):
     """A request body that is not a valid envelope or batch (answered with 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a subscription accepts in one message's headers, as they arrive.
+
+    ``headers`` and ``header_bytes`` are the publisher's ``max_headers`` and
+    ``max_header_bytes`` plus room for the ``Micro-Topic`` header the
+    publishing broker adds; ``None`` is no limit.
+    """
+
+    headers: int | None
+    header_bytes: int | None
+
+    @classmethod
+    def for_topic(cls, topic: str, max_headers: int | None, max_header_bytes: int | None) -> Limits:
+        topic_header = len(TOPIC_HEADER) + len(topic.encode("utf-8", "surrogatepass"))
+        return cls(
+            None if max_headers is None else max_headers + 1,
+            None if max_header_bytes is None else max_header_bytes + topic_header,
+        )
+
+    @property
+    def json_tokens(self) -> int | None:
+        """The most ``"``, ``,``, ``[`` and ``{`` an envelope within the limits can hold.
+
+        Each header takes four quotes and a comma; every other one is a
+        character of a name or value, which counts against ``header_bytes``.
+        An envelope with more is refused before it is parsed, so that no
+        request makes more Python objects than its headers may have.
+        """
+        if self.headers is None or self.header_bytes is None:
+            return None
+        return 5 * self.headers + self.header_bytes + 64
+
+    @property
+    def json_bytes(self) -> int | None:
+        """The longest header JSON of a batch frame within the limits (``\\u`` escapes included)."""
+        if self.headers is None or self.header_bytes is None:
+            return None
+        return 6 * self.header_bytes + 8 * self.headers + 2
+
+
+def check_depth(data: bytes | bytearray) -> None:
+    """Raise :class:`WireError` when ``data`` nests JSON deeper than :data:`MAX_DEPTH`.
+
+    Cheap for what is sent in practice: nesting needs brackets, and only a
+    text with more than :data:`MAX_DEPTH` of them (in strings or not) is
+    looked at closely, at C speed: strings removed, brackets turned into
+    steps of one, the deepest running sum found.
+    """
+    if data.count(b"{") + data.count(b"[") <= MAX_DEPTH:
+        return
+    steps = _STRING.sub(b"", data).translate(_STEPS, _NOT_BRACKETS)
+    if max(itertools.accumulate(memoryview(steps).cast("b")), default=0) > MAX_DEPTH:
+        raise WireError(f"the JSON is nested deeper than {MAX_DEPTH} levels")
+
+
+def check_tokens(data: bytes | bytearray, limits: Limits) -> None:
+    """Raise :class:`WireError` when ``data`` holds more JSON values than ``limits`` allow."""
+    most = limits.json_tokens
+    if most is None or len(data) <= most:  # one byte a token at least
+        return
+    found = data.count(b'"') + data.count(b",") + data.count(b"{") + data.count(b"[")
+    if found > most:
+        check_depth(data)  # the better reason, when it is one
+        raise WireError(
+            f"too many headers (or other JSON values): {found} strings, separators and "
+            f"brackets, more than {limits.headers} headers of {limits.header_bytes} bytes "
+            "in all can hold"
+        )
+
+
+def check_headers(headers: dict[str, str], limits: Limits, json_length: int) -> None:
+    """Raise :class:`WireError` for headers beyond ``limits``; ``json_length`` bounds their bytes.
+
+    JSON is never shorter than the UTF-8 text it encodes, so the exact count
+    is only made for headers whose JSON is longer than the limit.
+    """
+    most = limits.headers
+    if most is not None and len(headers) > most:
+        raise WireError(
+            f"{len(headers)} headers, more than this subscriber's max_headers of {most - 1} "
+            f"(and {TOPIC_HEADER})"
+        )
+    most = limits.header_bytes
+    if most is not None and json_length > most:
+        size = sum(
+            len(name.encode("utf-8", "surrogatepass")) + len(value.encode("utf-8", "surrogatepass"))
+            for name, value in headers.items()
+        )
+        if size > most:
+            raise WireError(
+                f"the headers are {size} bytes, more than this subscriber's max_header_bytes "
+                f"(with {TOPIC_HEADER}: {most} bytes)"
+            )
 
 
 def encode_envelope(headers: dict[str, str], body: bytes) -> bytes:
@@ -35,12 +145,24 @@ def encode_envelope(headers: dict[str, str], body: bytes) -> bytes:
     ).encode()
 
 
-def decode_envelope(data: bytes) -> tuple[dict[str, str], bytes]:
-    """Parse go-micro's envelope. ``Body`` may be null or missing (an empty body), as in Go."""
+def decode_envelope(
+    data: bytes | bytearray, limits: Limits | None = None
+) -> tuple[dict[str, str], bytes]:
+    """Parse go-micro's envelope. ``Body`` may be null or missing (an empty body), as in Go.
+
+    With ``limits``, an envelope with more headers (or more JSON values) than
+    they allow is refused before it is parsed, and its headers are checked after.
+    """
+    if limits is not None:
+        check_tokens(data, limits)
+    if len(data) > MAX_DEPTH:
+        check_depth(data)
     try:
         doc: Any = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise WireError(f"the body is not JSON: {exc}") from None
+    except RecursionError:  # not reached after check_depth; kept as a backstop
+        raise WireError(f"the JSON is nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(doc, dict):
         raise WireError('the body must be a JSON object {"Header": {...}, "Body": "<base64>"}')
     raw_headers = doc.get("Header")
@@ -51,12 +173,15 @@ def decode_envelope(data: bytes) -> tuple[dict[str, str], bytes]:
     ):
         raise WireError('"Header" must be an object of strings')
     raw_body = doc.get("Body")
+    if raw_body is not None and not isinstance(raw_body, str):
+        raise WireError('"Body" must be a base64 string')
+    if limits is not None:
+        check_headers(raw_headers, limits, len(data) - len(raw_body or ""))
     if raw_body is None:
         return raw_headers, b""
-    if not isinstance(raw_body, str):
-        raise WireError('"Body" must be a base64 string')
     try:
-        return raw_headers, base64.b64decode(raw_body, validate=True)
+        # base64.b64decode(validate=True) without its copy of the text as bytes.
+        return raw_headers, binascii.a2b_base64(raw_body, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise WireError(f'"Body" is not valid base64: {exc}') from None
 
@@ -79,11 +204,18 @@ def frame_parts(attempt: int, head: bytes, body: bytes) -> tuple[bytes, bytes, b
     return (_LEN.pack(attempt) + _LEN.pack(len(head)), head, _LEN.pack(len(body)), body)
 
 
-def decode_batch(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """Split a batch body into its messages: (attempt, headers, body)."""
+def decode_batch(
+    data: bytes | bytearray, limits: Limits | None = None
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a batch body into its messages: (attempt, headers, body).
+
+    With ``limits``, each message's headers are held to them (header JSON
+    too long for them is refused before it is parsed).
+    """
     out = []
     view = memoryview(data)
     pos, end = 0, len(data)
+    most = limits.json_bytes if limits is not None else None
     try:
         while pos < end:
             (attempt,) = _LEN.unpack_from(view, pos)
@@ -91,7 +223,17 @@ def decode_batch(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
             pos += 8
             if pos + n > end:
                 raise WireError("truncated batch frame")
-            headers: Any = json.loads(bytes(view[pos : pos + n]))
+            if most is not None and n > most:
+                raise WireError(
+                    f"a message's headers are {n} bytes of JSON, more than this subscriber's "
+                    "max_header_bytes allows"
+                )
+            head = bytes(view[pos : pos + n])
+            if n > MAX_DEPTH:
+                if limits is not None:
+                    check_tokens(head, limits)
+                check_depth(head)
+            headers: Any = json.loads(head)
             pos += n
             (m,) = _LEN.unpack_from(view, pos)
             pos += 4
@@ -101,6 +243,8 @@ def decode_batch(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
                 isinstance(v, str) for v in headers.values()
             ):
                 raise WireError("batch frame headers must be a JSON object of strings")
+            if limits is not None:
+                check_headers(headers, limits, n)
             out.append((max(attempt, 1), headers, bytes(view[pos : pos + m])))
             pos += m
     except struct.error:
@@ -109,6 +253,8 @@ def decode_batch(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
         if isinstance(exc, WireError):
             raise
         raise WireError(f"bad batch frame headers: {exc}") from None
+    except RecursionError:  # not reached after check_depth; kept as a backstop
+        raise WireError(f"the JSON is nested deeper than {MAX_DEPTH} levels") from None
     return out
 
 
