@@ -8,6 +8,7 @@ import itertools
 import json
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,14 @@ PROTOCOL = "1"
 """Node metadata ``microbroker``: the peer understands batch requests of this version."""
 
 _LEN = struct.Struct(">I")
+_UNLIMITED = sys.maxsize
 
 MAX_DEPTH = 64
 """The deepest JSON nesting the server parses (go-micro's envelope needs 2, a frame's headers 1).
 
 Deeper JSON is refused before ``json.loads`` would reach Python's recursion limit."""
+# JSON of at most this many bytes cannot nest deeper than MAX_DEPTH, valid or not.
+_SHALLOW = 2 * MAX_DEPTH + 1
 
 # A JSON string, escapes included: brackets inside one do not nest.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
@@ -155,7 +159,7 @@ def decode_envelope(
     """
     if limits is not None:
         check_tokens(data, limits)
-    if len(data) > MAX_DEPTH:
+    if len(data) > _SHALLOW:
         check_depth(data)
     try:
         doc: Any = json.loads(data)
@@ -215,7 +219,13 @@ def decode_batch(
     out = []
     view = memoryview(data)
     pos, end = 0, len(data)
-    most = limits.json_bytes if limits is not None else None
+    # The limits as plain ints (no limit: the largest), so that a frame pays a compare each.
+    if limits is None:
+        limits = Limits(None, None)
+    most_json = limits.json_bytes or _UNLIMITED
+    most_tokens = limits.json_tokens or _UNLIMITED
+    most_headers = limits.headers or _UNLIMITED
+    most_bytes = limits.header_bytes or _UNLIMITED
     try:
         while pos < end:
             (attempt,) = _LEN.unpack_from(view, pos)
@@ -223,15 +233,16 @@ def decode_batch(
             pos += 8
             if pos + n > end:
                 raise WireError("truncated batch frame")
-            if most is not None and n > most:
+            if n > most_json:
                 raise WireError(
                     f"a message's headers are {n} bytes of JSON, more than this subscriber's "
                     "max_header_bytes allows"
                 )
             head = bytes(view[pos : pos + n])
-            if n > MAX_DEPTH:
-                if limits is not None:
-                    check_tokens(head, limits)
+            if n > most_tokens:
+                check_tokens(head, limits)
+            # Deeper than MAX_DEPTH takes more than twice as many bytes: most heads are shorter.
+            if n > _SHALLOW and head.count(b"{") + head.count(b"[") > MAX_DEPTH:
                 check_depth(head)
             headers: Any = json.loads(head)
             pos += n
@@ -243,7 +254,7 @@ def decode_batch(
                 isinstance(v, str) for v in headers.values()
             ):
                 raise WireError("batch frame headers must be a JSON object of strings")
-            if limits is not None:
+            if len(headers) > most_headers or n > most_bytes:
                 check_headers(headers, limits, n)
             out.append((max(attempt, 1), headers, bytes(view[pos : pos + m])))
             pos += m
