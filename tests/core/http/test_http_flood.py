@@ -184,8 +184,8 @@ async def test_a_connection_that_sends_no_request_is_closed_after_open_timeout(
     finally:
         silent.close()
         slow.close()
-    assert sub.listener is not None
-    assert sub.listener.open == 0
+    assert sub._listener is not None
+    assert sub._listener.open == 0
 
 
 async def test_at_max_connections_a_new_one_takes_the_place_of_a_silent_one(
@@ -206,7 +206,7 @@ async def test_at_max_connections_a_new_one_takes_the_place_of_a_silent_one(
     host, _, port = node.address.rpartition(":")
     silent = [socket.create_connection((host, int(port))) for _ in range(4)]
     try:
-        await eventually(lambda: sub.listener is not None and sub.listener.open == 4, "4 open")
+        await eventually(lambda: sub._listener is not None and sub._listener.open == 4, "4 open")
         # A publisher gets in: the oldest silent connection makes room.
         pub = await make_broker()
         await pub.publish("crowded", microbroker.Message(b"in"), confirm=True)

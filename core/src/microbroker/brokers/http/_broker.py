@@ -224,8 +224,8 @@ class HttpBroker(Broker):
         self.max_connections = max_connections
         self.open_timeout = open_timeout
         self.max_request_bytes = max_request_bytes
-        self.budget = Budget(max_request_bytes)
-        self.listener: Listener | None = None
+        self._budget = Budget(max_request_bytes)
+        self._listener: Listener | None = None
         self.capabilities = Capabilities(
             queue_groups=True,
             ack=True,
@@ -295,7 +295,7 @@ class HttpBroker(Broker):
                 f"http broker cannot listen on {self._address}: {exc}. "
                 "Pick another address (MICRO_BROKER_ADDRESS=127.0.0.1:0 takes a free port)."
             ) from exc
-        self.listener = listener
+        self._listener = listener
         self._bound = _join(host, bound_port)
         verify: Any = self.client_tls
         if verify is None or verify is True:
@@ -344,7 +344,9 @@ class HttpBroker(Broker):
         await asyncio.gather(*tasks, return_exceptions=True)
         lost = [out for sender in senders for out in sender.queue]
         for out in lost:
-            self._finish(out, PublishError("the broker disconnected before it was acked"))
+            self._finish(
+                out, PublishError("the broker disconnected before it was acked"), reason="closed"
+            )
         if self._pending:
             _report(
                 PublishError(
@@ -358,9 +360,9 @@ class HttpBroker(Broker):
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         await runner.cleanup()
         self._routes.clear()
         self._bound = None

@@ -170,10 +170,10 @@ def make_app(broker: HttpBroker) -> web.Application:
     subscribers: Callable[[str], HttpSubscriber | None] = broker._subscribers.get
     read_timeout = broker.read_timeout
     max_request = broker.max_request_size
-    budget = broker.budget
+    budget = broker._budget
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        listener = broker.listener
+        listener = broker._listener
         conn = listener.started(request.transport) if listener is not None else None
         try:
             return await serve(request)
