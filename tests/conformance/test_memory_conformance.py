@@ -41,3 +41,20 @@ class TestSmallestMessagesConformance(BrokerConformance):
         return lambda: microbroker.get_broker(
             "memory", address=address, max_message_size=MIN_MESSAGE_SIZE
         )
+
+
+class TestSmallestHeadersConformance(BrokerConformance):
+    """At the smallest header limits the suite accepts (MIN_HEADERS, MIN_HEADER_BYTES) every
+    case still fits, and the header-limit case holds the broker to them."""
+
+    @pytest.fixture
+    def broker_factory(self) -> microbroker.conformance.BrokerFactory:
+        from microbroker.conformance import MIN_HEADER_BYTES, MIN_HEADERS
+
+        address = f"conformance-small-headers-{next(_addresses)}"
+        return lambda: microbroker.get_broker(
+            "memory",
+            address=address,
+            max_headers=MIN_HEADERS,
+            max_header_bytes=MIN_HEADER_BYTES,
+        )

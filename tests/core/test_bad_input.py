@@ -14,18 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import microbroker
-from microbroker import Context, Delivery, InvalidHeader, InvalidTopic, Message
+from microbroker import Context, Delivery, InvalidHeader, InvalidTopic, Message, MessageTooLarge
 from microbroker.brokers.memory import MemoryBroker
-from microbroker.transport import check_headers, header_pairs
+from microbroker.transport import check_headers, header_pairs, header_size
 
 _bus = itertools.count()
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-async def round_trip(topic: str, message: Message) -> list[Delivery]:
+async def round_trip(topic: str, message: Message, **options: Any) -> list[Delivery]:
     """Publish on a fresh bus; return what a subscriber received (nothing if publish raised)."""
     got: list[Delivery] = []
-    async with MemoryBroker(f"fuzz-{next(_bus)}") as broker:
+    async with MemoryBroker(f"fuzz-{next(_bus)}", **options) as broker:
 
         async def handler(delivery: Delivery) -> None:
             got.append(delivery)
@@ -86,10 +86,59 @@ def test_header_pairs_encodes_what_check_headers_accepts(headers: dict[str, str]
     assert header_pairs(headers) == [(k, v.encode()) for k, v in headers.items()]
 
 
-def test_huge_headers_and_non_ascii_text_travel_intact() -> None:
-    headers = {"X-Huge": "v" * 100_000, "X-Text": "naïve façade ✓ 漢字"}
+def test_headers_up_to_the_limit_and_non_ascii_text_travel_intact() -> None:
+    text = {"X-Text": "naïve façade ✓ 漢字"}
+    room = 64 * 1024 - header_size(text) - len("X-Huge")
+    headers = {"X-Huge": "v" * room, **text}
+    assert header_size(headers) == 64 * 1024, "exactly the default max_header_bytes"
     got = asyncio.run(round_trip("fuzz", Message(b"x", dict(headers))))
     assert got[0].message.headers == headers
+    with pytest.raises(MessageTooLarge, match="max_header_bytes of 65536"):
+        asyncio.run(round_trip("fuzz", Message(b"x", {**headers, "X-Huge": "v" * (room + 1)})))
+
+
+def test_too_many_headers_are_refused_with_a_clear_message() -> None:
+    exact = {f"X-{i}": "v" for i in range(256)}
+    assert (
+        len(asyncio.run(round_trip("fuzz", Message(b"x", dict(exact))))[0].message.headers) == 256
+    )
+    with pytest.raises(
+        InvalidHeader, match="257 headers, more than the memory broker's max_headers"
+    ):
+        asyncio.run(round_trip("fuzz", Message(b"x", {**exact, "X-One-More": "v"})))
+    # A broker declaring no limit carries more.
+    many = {f"X-{i}": "v" for i in range(1000)}
+    got = asyncio.run(round_trip("fuzz", Message(b"x", dict(many)), max_headers=None))
+    assert got[0].message.headers == many
+
+
+@FUZZ
+@given(
+    most=st.integers(min_value=1, max_value=40),
+    most_bytes=st.integers(min_value=1, max_value=600),
+    headers=st.dictionaries(
+        st.from_regex(r"[A-Za-z0-9-]{1,12}", fullmatch=True),
+        st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), max_size=40),
+        max_size=48,
+    ),
+)
+def test_header_limits_refuse_exactly_what_is_over_them(
+    most: int, most_bytes: int, headers: dict[str, str]
+) -> None:
+    """Counted as declared: headers by number, bytes by UTF-8 (not characters)."""
+    message = Message(b"body", dict(headers))
+    options = {"max_headers": most, "max_header_bytes": most_bytes}
+    if len(headers) > most:
+        with pytest.raises(InvalidHeader, match="max_headers"):
+            asyncio.run(round_trip("fuzz", message, **options))
+    elif header_size(headers) > most_bytes:
+        with pytest.raises(MessageTooLarge, match="max_header_bytes") as refused:
+            asyncio.run(round_trip("fuzz", message, **options))
+        assert refused.value.size == header_size(headers)
+        assert refused.value.limit_name == "max_header_bytes"
+    else:
+        got = asyncio.run(round_trip("fuzz", message, **options))
+        assert got[0].message.headers == headers
 
 
 @pytest.mark.parametrize("topic", ["", "a\nb", "a\0b", "tab\there", "\x1b[31m", None, b"bytes", 42])

@@ -2,6 +2,10 @@
 
 Roles:
   sub TOPIC [--queue Q] [--delay S]      subscribe; print "ready" then one JSON line per delivery
+      [--nofile N] [--ttl S] [--log]     with the open-file limit lowered to N (setrlimit in
+      [--max-connections N]              this process), registrations of TTL S, logging
+                                         configured as an application does (INFO to stderr),
+                                         the http broker's max_connections
   pub TOPIC COUNT [--wait] [--confirm]   publish COUNT messages ("0", "1", ...); with --wait,
                                          print "no-subscriber" while nobody listens, then go on
   register NAME                          register a registry node, print "registered", sleep
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 
@@ -27,7 +32,15 @@ def emit(line: str) -> None:
 
 
 async def sub(args: argparse.Namespace) -> None:
-    broker = microbroker.get_broker("http")
+    if args.nofile:
+        import resource
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, hard))
+    if args.log:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    options = {"max_connections": args.max_connections} if args.max_connections else {}
+    broker = microbroker.get_broker("http", register_ttl=args.ttl, **options)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
 
@@ -84,6 +97,10 @@ def main() -> None:
     s.add_argument("topic")
     s.add_argument("--queue")
     s.add_argument("--delay", type=float, default=0.0)
+    s.add_argument("--nofile", type=int, default=0)
+    s.add_argument("--ttl", type=float, default=None)
+    s.add_argument("--log", action="store_true")
+    s.add_argument("--max-connections", type=int, default=0)
     p = roles.add_parser("pub")
     p.add_argument("topic")
     p.add_argument("count", type=int)

@@ -39,6 +39,8 @@ class Peer:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._stderr: list[str] = []
+        self.stderr_bytes = 0
+        """Bytes the process wrote to stderr so far (its log)."""
         threading.Thread(target=self._read_err, daemon=True).start()
 
     def _read(self) -> None:
@@ -53,7 +55,10 @@ class Peer:
     def _read_err(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
+            self.stderr_bytes += len(line.encode())
             self._stderr.append(line)
+            if len(self._stderr) > 1000:
+                del self._stderr[:500]  # a log flood must not fill the test's memory
 
     @property
     def stderr(self) -> str:

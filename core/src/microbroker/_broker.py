@@ -11,8 +11,8 @@ from typing import Any, ClassVar, Self, TypeAlias
 from . import _plugins
 from ._delivery import Delivery, _Contract
 from ._dispatch import concurrently, dispatcher
-from ._errors import MessageTooLarge, NotConnected
-from ._headers import check_headers, header_size
+from ._errors import InvalidHeader, MessageTooLarge, NotConnected
+from ._headers import checked_length, header_size
 from ._message import Message
 from ._retry import DEFAULT_RETRY, RetryPolicy
 from ._topics import Wildcards, check_topic
@@ -20,10 +20,16 @@ from ._topics import Wildcards, check_topic
 Handler: TypeAlias = Callable[[Delivery], Awaitable[None]]
 """A broker-level handler: ``async def handler(delivery: Delivery) -> None``."""
 
-# Below this many bytes under the limit (and with few headers) a message cannot be over it:
-# the exact size is counted only for messages close to the limit.
+# Below this many bytes under the limit (with headers of at most this many bytes) a message
+# cannot be over it: the exact size is counted only for messages close to the limit.
 _SIZE_SLACK = 64 * 1024
-_FEW_HEADERS = 64
+# UTF-8 takes at most 4 bytes a character: headers of fewer characters need no exact count.
+_UTF8_MAX = 4
+
+DEFAULT_MAX_HEADERS = 256
+"""``Capabilities.max_headers`` unless a broker declares otherwise."""
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+"""``Capabilities.max_header_bytes`` unless a broker declares otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,24 @@ class Capabilities:
     the transport's to allow for). ``Broker.publish`` refuses a larger message
     with :class:`~microbroker.MessageTooLarge` before the transport sees it,
     and the broker stays connected; every message up to it is carried.
+    """
+    max_headers: int | None = DEFAULT_MAX_HEADERS
+    """The most headers a message may have (default 256), or ``None`` for no limit.
+
+    ``Broker.publish`` refuses a message with more with
+    :class:`~microbroker.InvalidHeader`, before the transport sees it. A
+    transport adds its own headers (``Micro-Topic``...) beyond it; a
+    receiving side that checks what arrives allows for those.
+    """
+    max_header_bytes: int | None = DEFAULT_MAX_HEADER_BYTES
+    """The most bytes a message's headers may take (default 64 KiB), or ``None`` for no limit.
+
+    Counted as for ``max_message_size``: every header's name and UTF-8 value.
+    ``Broker.publish`` refuses a message over it with
+    :class:`~microbroker.MessageTooLarge` (``limit_name="max_header_bytes"``),
+    before the transport sees it. Headers are parsed before a message is
+    handled, often all at once: this bounds what a message costs a receiver
+    before anyone looks at it.
     """
 
 
@@ -191,7 +215,9 @@ class Broker(abc.ABC):
         Raises :class:`NotConnected` before :meth:`connect` or after
         :meth:`disconnect`, :class:`InvalidTopic` for a topic the broker cannot
         carry, :class:`InvalidHeader` for a header no transport can carry
-        safely, and :class:`MessageTooLarge` for a message over
+        safely or more headers than ``capabilities.max_headers``, and
+        :class:`MessageTooLarge` for headers over
+        ``capabilities.max_header_bytes`` or a message over
         ``capabilities.max_message_size``; these are raised by the call
         itself, before anything is sent. Broker-specific ``options`` (a Kafka
         record key, an MQTT QoS...) are documented by each broker.
@@ -211,10 +237,29 @@ class Broker(abc.ABC):
         if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
             raise TypeError(f"a message body is bytes, not {type(body).__name__}")
         headers = message.headers
-        if headers and message._checked != len(headers):
-            check_headers(headers)
-        limit = self.capabilities.max_message_size
-        if limit is not None and (len(body) > limit - _SIZE_SLACK or len(headers) > _FEW_HEADERS):
+        capabilities = self.capabilities
+        chars = 0
+        if headers:
+            count = len(headers)
+            # A message the Client built and checked carries its count.
+            chars = message._chars if message._checked == count else checked_length(headers)
+            most = capabilities.max_headers
+            if most is not None and count > most:
+                raise InvalidHeader(
+                    f"the message on {topic!r} has {count} headers, more than the "
+                    f"{self.name} broker's max_headers of {most}: carry the rest in the body"
+                )
+            most = capabilities.max_header_bytes
+            if most is not None and chars * _UTF8_MAX > most:
+                size = header_size(headers)
+                if size > most:
+                    raise MessageTooLarge(
+                        topic, size, most, self.name, limit_name="max_header_bytes"
+                    )
+        limit = capabilities.max_message_size
+        if limit is not None and (
+            len(body) > limit - _SIZE_SLACK or chars * _UTF8_MAX > _SIZE_SLACK
+        ):
             size = len(body) + header_size(headers)
             if size > limit:
                 raise MessageTooLarge(topic, size, limit, self.name)

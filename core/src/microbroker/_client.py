@@ -8,11 +8,20 @@ from typing import Any
 
 from . import codecs
 from ._broker import Broker
-from ._headers import CONTENT_TYPE, ID, RESERVED, TOPIC, check_headers, new_message_id
+from ._headers import (
+    CONTENT_TYPE,
+    ID,
+    RESERVED,
+    TOPIC,
+    check_headers,
+    new_message_id,
+)
 from ._message import Message
 from ._rpc_client import ClientRpc
 from ._topics import check_topic
 
+# The characters of the names of the headers the Client always sets.
+_OWN_NAMES = len(CONTENT_TYPE) + len(TOPIC) + len(ID)
 # Payload types whose default encoding one client keeps (see Client._encoding_of).
 _MAX_CACHED_TYPES = 256
 

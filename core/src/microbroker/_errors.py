@@ -126,20 +126,39 @@ class PublishError(MicrobrokerError):
 
 
 class MessageTooLarge(PublishError, ValueError):
-    """A message larger than the broker's ``capabilities.max_message_size``: refused by publish.
+    """A message over one of the broker's size limits: refused by publish.
 
-    The size counted is the body plus every header's name and UTF-8 value.
-    Nothing was sent, and the broker stays connected.
+    :attr:`limit_name` says which: ``"max_message_size"`` (the body plus every
+    header's name and UTF-8 value, ``capabilities.max_message_size``) or
+    ``"max_header_bytes"`` (the headers' names and UTF-8 values alone,
+    ``capabilities.max_header_bytes``). Nothing was sent, and the broker stays connected.
     """
 
-    def __init__(self, topic: str, size: int, limit: int, broker: str) -> None:
+    def __init__(
+        self,
+        topic: str,
+        size: int,
+        limit: int,
+        broker: str,
+        *,
+        limit_name: str = "max_message_size",
+    ) -> None:
         self.topic = topic
         self.size = size
         self.limit = limit
-        super().__init__(
-            f"the message on {topic!r} is {size} bytes (body and headers), more than the "
-            f"{broker} broker's max_message_size of {limit} bytes: send a smaller message"
-        )
+        self.limit_name = limit_name
+        if limit_name == "max_header_bytes":
+            text = (
+                f"the headers of the message on {topic!r} are {size} bytes (names and UTF-8 "
+                f"values), more than the {broker} broker's max_header_bytes of {limit} bytes: "
+                "carry large values in the body"
+            )
+        else:
+            text = (
+                f"the message on {topic!r} is {size} bytes (body and headers), more than the "
+                f"{broker} broker's {limit_name} of {limit} bytes: send a smaller message"
+            )
+        super().__init__(text)
 
 
 class GivenUp(MicrobrokerError):

@@ -19,6 +19,8 @@ class Message:
     # from values it made or checked itself); -1: none. ``Broker.publish`` checks the
     # headers of any other message: a header added since is checked, as is every one.
     _checked: int = field(default=-1, init=False, repr=False, compare=False)
+    # The characters of those headers' names and values (for the size limits).
+    _chars: int = field(default=0, init=False, repr=False, compare=False)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return the value of header ``name``, compared case-insensitively."""

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import microbroker
-from microbroker.brokers.http import HttpBroker
+from microbroker.brokers.http import HttpBroker, _wire
 from microbroker.registries import Node, Service
 from microbroker.registries.local import LocalRegistry
 
@@ -24,6 +26,12 @@ GO_MICRO_MESSAGE = {
     "Header": {"Micro-Topic": "greetings", "Content-Type": "text/plain", "Micro-Id": "42"},
     "Body": base64.b64encode(b"hello from go").decode(),
 }
+
+
+def _envelope(headers: dict[str, str], body: bytes = b"hi") -> bytes:
+    return json.dumps(
+        {"Header": {"Micro-Topic": "greetings", **headers}, "Body": base64.b64encode(body).decode()}
+    ).encode()
 
 
 def post(
@@ -118,6 +126,18 @@ async def test_a_handler_error_is_a_non_2xx_answer(
         (b'{"Header": {"Micro-Topic": 5}, "Body": ""}', 400, "strings"),
         (b'{"Header": {}, "Body": "aGk="}', 400, "Micro-Topic"),
         (b'{"Header": {"Micro-Topic": "other"}, "Body": "aGk="}', 400, "does not match"),
+        # Issue 19: a 500 and a logged RecursionError; now refused before json.loads.
+        (b"[" * 200_000 + b"]" * 200_000, 400, "nested deeper than 64"),
+        (
+            b'{"Header": {"Micro-Topic": "greetings", "X": ' + b"[" * 70 + b"]" * 70 + b"}}",
+            400,
+            "nested deeper than 64",
+        ),
+        # Issue 19: a header map of 400,000 entries was accepted.
+        (_envelope({f"h{i}": "" for i in range(400_000)}), 400, "too many headers"),
+        (_envelope({f"X-{i}": "v" for i in range(257)}), 400, "258 headers, more than"),
+        (_envelope({"X-Big": "v" * (64 * 1024)}), 400, "max_header_bytes"),
+        (_envelope({"X-Wide": "é" * (32 * 1024)}), 400, "max_header_bytes"),
     ],
 )
 async def test_malformed_messages_get_400_and_harm_nothing(
@@ -261,3 +281,100 @@ async def test_publishing_to_a_go_micro_subscriber_uses_its_wire_format(
         "Header": {"Content-Type": "x", "Micro-Topic": "greetings"},
         "Body": base64.b64encode(b"\x00hi").decode(),
     }
+
+
+async def test_headers_at_the_limits_are_accepted_from_go_micro(
+    make_broker: Callable[..., Any], registry_dir: Path
+) -> None:
+    """256 headers (and Micro-Topic), or 64 KiB of them, are what a publisher may send."""
+    sub = await make_broker()
+    inbox = Recorder()
+    await sub.subscribe("greetings", inbox)
+    url = await subscription_url(sub, registry_dir, "greetings")
+    many = {f"X-{i}": "v" for i in range(256)}
+    assert (await apost(url, _envelope(many)))[0] == 200
+    room = 64 * 1024 - len("X-Big")
+    assert (await apost(url, _envelope({"X-Big": "v" * room}, b"\0" * 1000)))[0] == 200
+    assert [len(d.message.headers) for d in inbox.deliveries] == [257, 2]
+
+
+def _batch(*frames: tuple[dict[str, str] | bytes, bytes]) -> bytes:
+    parts = []
+    for head, body in frames:
+        raw = head if isinstance(head, bytes) else json.dumps(head).encode()
+        parts.append(_wire.encode_frame(1, raw, body))
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize(
+    ("head", "reason"),
+    [
+        (b"[" * 5_000 + b"]" * 5_000, "nested deeper than 64"),
+        ({"Micro-Topic": "greetings", **{f"X-{i}": "v" for i in range(257)}}, "258 headers"),
+        ({"Micro-Topic": "greetings", "X-Big": "v" * (64 * 1024)}, "max_header_bytes"),
+        (b'{"Micro-Topic": "greetings", "X": "' + b"v" * (800 * 1024) + b'"}', "bytes of JSON"),
+    ],
+)
+async def test_batch_frames_beyond_the_limits_get_400(
+    make_broker: Callable[..., Any], registry_dir: Path, head: dict[str, str] | bytes, reason: str
+) -> None:
+    sub = await make_broker()
+    inbox = Recorder()
+    await sub.subscribe("greetings", inbox)
+    url = await subscription_url(sub, registry_dir, "greetings")
+    batch = {"Content-Type": _wire.BATCH_TYPE}
+    good = ({"Micro-Topic": "greetings"}, b"fine")
+    status, text = await apost(url, _batch(good, (head, b"x")), batch)
+    assert status == 400
+    assert reason in text
+    assert not inbox.deliveries, "a bad frame refuses its whole batch"
+    status, text = await apost(url, _batch(good), batch)
+    assert (status, json.loads(text)) == (200, [None])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    doc=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=40,
+    ),
+    depth=st.integers(min_value=0, max_value=300),
+    headers=st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=300),
+)
+def test_any_envelope_or_frame_decodes_within_the_limits_or_is_a_wire_error(
+    doc: Any, depth: int, headers: dict[str, str]
+) -> None:
+    """Whatever arrives: headers within the limits, or WireError (a 400), never another error."""
+    limits = _wire.Limits.for_topic("t", 256, 64 * 1024)
+    nested = b"[" * depth + json.dumps(doc).encode() + b"]" * depth
+    envelope = {"Header": {"Micro-Topic": "t", **headers}, "Body": "aGk=", "X": doc}
+    for data in (
+        nested,
+        json.dumps(envelope).encode(),
+        b'{"Header": ' + nested + b', "Body": ""}',
+    ):
+        try:
+            got, _body = _wire.decode_envelope(data, limits)
+        except _wire.WireError as exc:
+            refused = str(exc)
+            assert refused
+        else:
+            assert len(got) <= 257
+            assert all(isinstance(v, str) for v in got.values())
+    for head in (nested, json.dumps({"Micro-Topic": "t", **headers}).encode()):
+        try:
+            frames = _wire.decode_batch(_wire.encode_frame(1, head, b"body"), limits)
+        except _wire.WireError as exc:
+            refused = str(exc)
+            assert refused
+        else:
+            ((_attempt, got, body),) = frames
+            assert len(got) <= 257
+            assert body == b"body"
+    deep = depth > _wire.MAX_DEPTH
+    if deep:
+        with pytest.raises(_wire.WireError, match="nested deeper"):
+            _wire.decode_envelope(nested, limits)

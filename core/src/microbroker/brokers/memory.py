@@ -21,7 +21,9 @@ Semantics:
   then raises :class:`~microbroker.PublishError`: memory never grows without
   bound and nothing is dropped silently;
 - ``max_message_size`` (default none) limits the messages it carries, for
-  tests of code that must live with a small limit;
+  tests of code that must live with a small limit; ``max_headers`` and
+  ``max_header_bytes`` (default 256 and 64 KiB, as every broker's) limit
+  their headers;
 - topics may use NATS-style wildcards in subscriptions: ``.`` separates
   levels, ``*`` matches one level, ``>`` the rest.
 """
@@ -34,7 +36,14 @@ import dataclasses
 from collections import deque
 from typing import Any
 
-from .._broker import Broker, Capabilities, Handler, Subscriber
+from .._broker import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS,
+    Broker,
+    Capabilities,
+    Handler,
+    Subscriber,
+)
 from .._delivery import Delivery
 from .._errors import InvalidTopic, NotConnected
 from .._mailbox import Mailbox, Overflow
@@ -70,6 +79,8 @@ class MemoryBroker(Broker):
         max_pending: int = 10_000,
         publish_timeout: float = 30.0,
         max_message_size: int | None = None,
+        max_headers: int | None = DEFAULT_MAX_HEADERS,
+        max_header_bytes: int | None = DEFAULT_MAX_HEADER_BYTES,
     ) -> None:
         """Create a memory broker.
 
@@ -81,22 +92,39 @@ class MemoryBroker(Broker):
             raises :class:`~microbroker.PublishError`.
         :param max_message_size: the largest message (body and headers, in
             bytes) it carries; ``None`` for no limit but memory's.
+        :param max_headers: the most headers a message may have (``None``: no limit).
+        :param max_header_bytes: the most bytes (names and UTF-8 values) a
+            message's headers may take (``None``: no limit).
         """
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         if max_message_size is not None and max_message_size < 1:
             raise ValueError("max_message_size must be at least 1 (or None)")
+        if (max_headers is not None and max_headers < 0) or (
+            max_header_bytes is not None and max_header_bytes < 0
+        ):
+            raise ValueError("max_headers and max_header_bytes must be at least 0 (or None)")
         super().__init__(
             address,
             max_pending=max_pending,
             publish_timeout=publish_timeout,
             max_message_size=max_message_size,
+            max_headers=max_headers,
+            max_header_bytes=max_header_bytes,
         )
         self.max_pending = max_pending
         self.publish_timeout = publish_timeout
-        if max_message_size is not None:
+        declared = self.capabilities
+        if (max_message_size, max_headers, max_header_bytes) != (
+            declared.max_message_size,
+            declared.max_headers,
+            declared.max_header_bytes,
+        ):
             self.capabilities = dataclasses.replace(
-                self.capabilities, max_message_size=max_message_size
+                declared,
+                max_message_size=max_message_size,
+                max_headers=max_headers,
+                max_header_bytes=max_header_bytes,
             )
         self._bus: _Bus | None = None
         self._subs: set[_MemorySubscriber] = set()

@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._harness import BrokerFactory, ErrorCatcher, Harness, Inbox, RestartServer
-    from ._suite import MIN_MESSAGE_SIZE, BrokerConformance
+    from ._suite import MIN_HEADER_BYTES, MIN_HEADERS, MIN_MESSAGE_SIZE, BrokerConformance
 
 __all__ = [
+    "MIN_HEADERS",
+    "MIN_HEADER_BYTES",
     "MIN_MESSAGE_SIZE",
     "BrokerConformance",
     "BrokerFactory",

@@ -48,6 +48,10 @@ HEADERS = {
 #: The smallest ``max_message_size`` a broker may declare: room for the headers a typed
 #: Event or an RPC request carries (a few hundred bytes) and a small body.
 MIN_MESSAGE_SIZE = 1024
+#: The smallest ``max_headers`` and ``max_header_bytes`` a broker may declare: room for the
+#: headers of a typed Event, an RPC request and a dead letter.
+MIN_HEADERS = 32
+MIN_HEADER_BYTES = 1024
 
 
 def _body_sizes(limit: int | None) -> list[int]:
@@ -132,6 +136,14 @@ class BrokerConformance(RpcConformance):
         assert caps.max_message_size is None or caps.max_message_size >= MIN_MESSAGE_SIZE, (
             f"max_message_size={caps.max_message_size}: a broker must carry at least "
             f"{MIN_MESSAGE_SIZE} bytes (the headers of a typed message and a small body)"
+        )
+        assert caps.max_headers is None or caps.max_headers >= MIN_HEADERS, (
+            f"max_headers={caps.max_headers}: a broker must carry at least {MIN_HEADERS} "
+            "headers (a dead letter carries the original's and five more)"
+        )
+        assert caps.max_header_bytes is None or caps.max_header_bytes >= MIN_HEADER_BYTES, (
+            f"max_header_bytes={caps.max_header_bytes}: a broker must carry at least "
+            f"{MIN_HEADER_BYTES} bytes of headers"
         )
         assert isinstance(str(broker), str)
         assert str(broker)
@@ -757,6 +769,70 @@ class BrokerConformance(RpcConformance):
             await pub.publish(topic, Message(b"after"))
             await inbox.wait_for(1, h.timeout)
             assert inbox.bodies == [b"after"], "an oversized message must not be sent"
+
+        self._run(conformance, case)
+
+    def test_header_limits_are_enforced_clearly(self, conformance: Harness) -> None:
+        """One header more than ``max_headers`` is InvalidHeader, one byte of headers more than
+        ``max_header_bytes`` is MessageTooLarge; messages at the limits arrive whole (when they
+        fit within ``max_message_size``), and the broker goes on."""
+        caps = conformance.capabilities
+        _need(
+            caps.max_headers is not None or caps.max_header_bytes is not None,
+            "max_headers or max_header_bytes",
+        )
+        size_limit = caps.max_message_size
+
+        def fits(headers: dict[str, str]) -> bool:
+            return size_limit is None or header_size(headers) + 1 <= size_limit
+
+        async def case(h: Harness) -> None:
+            pub, sub = await h.broker(), await h.broker()
+            topic = h.topic("headerlimits")
+            inbox = Inbox()
+            await sub.subscribe(topic, inbox)
+            await h.settle()
+            carried: list[dict[str, str]] = []
+            most = caps.max_headers
+            if most is not None:
+                many = {f"X-H{i}": "" for i in range(most + 1)}
+                with pytest.raises(InvalidHeader, match="max_headers"):
+                    await pub.publish(topic, Message(b"many", many))
+                exact = {f"X-H{i}": "" for i in range(most)}
+                within_bytes = caps.max_header_bytes is None or (
+                    header_size(exact) <= caps.max_header_bytes
+                )
+                if within_bytes and fits(exact):
+                    carried.append(exact)
+            most = caps.max_header_bytes
+            if most is not None:
+                name = "X-Big"
+                over = {name: "v" * (most + 1 - len(name))}
+                with pytest.raises(MessageTooLarge, match="max_header_bytes"):
+                    await pub.publish(topic, Message(b"big", over))
+                # Bytes, not characters: a two-byte letter counts twice.
+                wide = {name: "é" * ((most - len(name)) // 2 + 1)}
+                with pytest.raises(MessageTooLarge, match="max_header_bytes"):
+                    await pub.publish(topic, Message(b"wide", wide))
+                exact = {name: "v" * (most - len(name))}
+                if fits(exact):
+                    carried.append(exact)
+            assert pub.connected, "a refused publish must not break the connection"
+            for i, headers in enumerate(carried):
+                await pub.publish(topic, Message(b"%d" % i, dict(headers)))
+            await pub.publish(topic, Message(b"after"))
+            await inbox.wait_for(len(carried) + 1, h.timeout)
+            await asyncio.sleep(h.quiet)
+            expected = [b"%d" % i for i in range(len(carried))] + [b"after"]
+            assert sorted(inbox.bodies) == sorted(expected), "a refused message was sent"
+            for delivery in inbox.deliveries:
+                if delivery.message.body == b"after":
+                    continue
+                headers = carried[int(delivery.message.body)]
+                for key, value in headers.items():
+                    assert delivery.message.header(key) == value, (
+                        f"a message with headers at the limit lost or changed {key}"
+                    )
 
         self._run(conformance, case)
 

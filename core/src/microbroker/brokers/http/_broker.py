@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,19 +26,31 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..._broker import Broker, Capabilities, Handler, Subscriber
+from ..._broker import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS,
+    Broker,
+    Capabilities,
+    Handler,
+    Subscriber,
+)
 from ..._errors import MicrobrokerError, NotConnected, PublishError
 from ..._message import Message
 from ..._plugins import report_error
 from ..._retry import backoff
 from ...registries import DEFAULT_TTL, Node, Registry, Service, get_registry
 from . import _wire
-from ._server import HttpSubscriber, make_app
+from ._listen import Listener, default_max_connections
+from ._reports import Tally, Throttled
+from ._server import Budget, HttpSubscriber, make_app
 
 logger = logging.getLogger("microbroker.http")
 
 _DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
 _BATCH_BYTES = 1024 * 1024
+_DEFAULT_REQUEST_BYTES = 32 * 1024 * 1024
+# A registry renewal that failed is tried again soon (this, doubling), not a whole interval later.
+_RENEW_RETRY = 0.1
 
 
 class HttpBroker(Broker):
@@ -77,6 +90,11 @@ class HttpBroker(Broker):
         register_ttl: float | None = None,
         lookup_interval: float = 0.25,
         drain_timeout: float = 10.0,
+        max_connections: int | None = None,
+        open_timeout: float = 5.0,
+        max_request_bytes: int = _DEFAULT_REQUEST_BYTES,
+        max_headers: int | None = DEFAULT_MAX_HEADERS,
+        max_header_bytes: int | None = DEFAULT_MAX_HEADER_BYTES,
     ) -> None:
         """Create an http broker.
 
@@ -110,8 +128,7 @@ class HttpBroker(Broker):
         :param ack_timeout: seconds a subscription waits for a handler with
             ``auto_ack=False`` to settle a delivery before it counts as a nack.
         :param read_timeout: seconds the server waits for a request body (slow clients).
-        :param idle_timeout: seconds an idle connection is kept open; also
-            the limit for a client that opens a connection and sends no request.
+        :param idle_timeout: seconds an idle connection is kept open after a request.
         :param connect_timeout: seconds to connect to a subscriber before
             trying another node or retrying.
         :param max_batch: messages per request between microbroker peers.
@@ -122,11 +139,34 @@ class HttpBroker(Broker):
             routing; a failed delivery forces a fresh one.
         :param drain_timeout: seconds :meth:`disconnect` waits for messages
             still unacknowledged; what remains is reported, never dropped silently.
+        :param max_connections: connections the server keeps open at once.
+            At the bound a new connection replaces the oldest one that has not
+            sent a request yet (or else the one idle the longest); when all are
+            in a request it is closed. Default: half the process's open-file
+            limit (``ulimit -n``), at most 1,024, so that the other half stays
+            for registry renewals, outgoing deliveries and the application.
+        :param open_timeout: seconds a new connection has to send its first
+            request's head (TLS handshake included) before it is closed.
+        :param max_request_bytes: bytes of request bodies the server holds at
+            once over all connections, from reading a body until its messages
+            are answered; a request beyond it is answered 503 (busy) and the
+            publisher retries. One request is always let in, however large.
+        :param max_headers: the most headers a message may have; publish
+            refuses more (:class:`~microbroker.InvalidHeader`), the server
+            answers 400. ``Capabilities.max_headers``.
+        :param max_header_bytes: the most bytes (names and UTF-8 values) a
+            message's headers may take; publish refuses more
+            (:class:`~microbroker.MessageTooLarge`), the server answers 400.
+            ``Capabilities.max_header_bytes``.
         """
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be at least 1 (or None for the default)")
+        if max_request_bytes < 1:
+            raise ValueError("max_request_bytes must be at least 1")
         if secret is None:
             secret = os.environ.get("MICRO_BROKER_SECRET") or None
         super().__init__(
@@ -151,6 +191,11 @@ class HttpBroker(Broker):
             register_ttl=register_ttl,
             lookup_interval=lookup_interval,
             drain_timeout=drain_timeout,
+            max_connections=max_connections,
+            open_timeout=open_timeout,
+            max_request_bytes=max_request_bytes,
+            max_headers=max_headers,
+            max_header_bytes=max_header_bytes,
         )
         self._registry_option = registry
         self.secret = secret
@@ -176,6 +221,11 @@ class HttpBroker(Broker):
         self.register_ttl = register_ttl
         self.lookup_interval = lookup_interval
         self.drain_timeout = drain_timeout
+        self.max_connections = max_connections
+        self.open_timeout = open_timeout
+        self.max_request_bytes = max_request_bytes
+        self._budget = Budget(max_request_bytes)
+        self._listener: Listener | None = None
         self.capabilities = Capabilities(
             queue_groups=True,
             ack=True,
@@ -185,6 +235,8 @@ class HttpBroker(Broker):
             reconnect=False,
             wildcards=None,
             max_message_size=max_message_size,
+            max_headers=max_headers,
+            max_header_bytes=max_header_bytes,
         )
         self.id = str(uuid.uuid4())
         self.registry: Registry | None = None
@@ -200,6 +252,8 @@ class HttpBroker(Broker):
         self._idle: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._tally: Tally | None = None
+        self._warn = Throttled(logger)
 
     # Lifecycle --------------------------------------------------------------------
 
@@ -225,17 +279,24 @@ class HttpBroker(Broker):
             keepalive_timeout=self.idle_timeout,
         )
         await runner.setup()
+        server = runner.server
+        assert server is not None
+        listener = Listener(
+            server,
+            tls=self.tls,
+            max_connections=self.max_connections or default_max_connections(),
+            open_timeout=self.open_timeout,
+        )
         try:
-            site = web.TCPSite(runner, host, port, ssl_context=self.tls)
-            await site.start()
+            _host, bound_port = listener.start(host, port)
         except OSError as exc:
             await runner.cleanup()
             raise MicrobrokerError(
                 f"http broker cannot listen on {self._address}: {exc}. "
                 "Pick another address (MICRO_BROKER_ADDRESS=127.0.0.1:0 takes a free port)."
             ) from exc
-        # runner.addresses lists what the sites really bound: the port chosen for port 0.
-        self._bound = _join(host, int(runner.addresses[0][1]))
+        self._listener = listener
+        self._bound = _join(host, bound_port)
         verify: Any = self.client_tls
         if verify is None or verify is True:
             verify = True
@@ -253,6 +314,7 @@ class HttpBroker(Broker):
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tally = Tally(_report)
         self._runner = runner
         ttl: float = self.register_ttl or getattr(registry, "ttl", None) or DEFAULT_TTL
         interval = ttl / 3
@@ -282,7 +344,9 @@ class HttpBroker(Broker):
         await asyncio.gather(*tasks, return_exceptions=True)
         lost = [out for sender in senders for out in sender.queue]
         for out in lost:
-            self._finish(out, PublishError("the broker disconnected before it was acked"))
+            self._finish(
+                out, PublishError("the broker disconnected before it was acked"), reason="closed"
+            )
         if self._pending:
             _report(
                 PublishError(
@@ -291,9 +355,14 @@ class HttpBroker(Broker):
                 )
             )
         self._pending = 0
+        if self._tally is not None:
+            self._tally.flush()
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         await runner.cleanup()
         self._routes.clear()
         self._bound = None
@@ -306,16 +375,26 @@ class HttpBroker(Broker):
                 logger.warning("http broker could not close the %s registry: %s", registry, exc)
 
     async def _beat(self, interval: float) -> None:
+        delay = interval
+        retry = min(_RENEW_RETRY, interval)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             registry = self.registry
+            failed = False
             for sub in list(self._subscribers.values()):
                 if registry is None:
                     return
                 try:
                     await registry.register(sub.service, ttl=self.register_ttl)
                 except Exception as exc:
-                    logger.warning("http broker could not renew %s: %s", sub.id, exc)
+                    failed = True
+                    self._warn.warning(
+                        "renew", "http broker could not renew %s (retrying): %s", sub.id, exc
+                    )
+            # A failed renewal is tried again soon, so that one failure does not cost the
+            # registration: the TTL is three intervals.
+            delay = min(retry, interval) if failed else interval
+            retry = min(retry * 2, interval) if failed else min(_RENEW_RETRY, interval)
 
     # Subscribing ------------------------------------------------------------------
 
@@ -505,8 +584,19 @@ class HttpBroker(Broker):
 
     # Outcomes ----------------------------------------------------------------------
 
-    def _finish(self, out: _Out, error: BaseException | None, *, acked: bool = False) -> None:
-        """One target's delivery is over: acked, gone, or given up with ``error``."""
+    def _finish(
+        self,
+        out: _Out,
+        error: BaseException | None,
+        *,
+        acked: bool = False,
+        reason: str = "",
+    ) -> None:
+        """One target's delivery is over: acked, gone, or given up with ``error``.
+
+        What no ``confirm=True`` caller waits for goes to ``on_error``, counted:
+        one report per target and ``reason`` per interval (see :class:`Tally`).
+        """
         self._pending -= 1
         room = self._room
         if room is not None and not room.is_set() and self._pending < self.max_pending:
@@ -519,30 +609,65 @@ class HttpBroker(Broker):
         if outcome is not None:
             outcome.settle(out.msg.topic, acked, error)
         elif error is not None:
-            _report(error)
+            tally = self._tally
+            if tally is None:
+                _report(error)
+            else:
+                target = out.node_id or f"of group {out.group!r}"
+                tally.add(out.msg.topic, target, out.address, reason or type(error).__name__, error)
+
+    def _gone(self, out: _Out) -> None:
+        """A broadcast subscription left the registry before it acked ``out``: nobody to send to."""
+        if out.msg.outcome is not None:
+            self._finish(out, None)  # the confirm=True caller hears "all went away"
+            return
+        self._finish(
+            out,
+            PublishError(
+                "the broadcast subscription left the registry (its process ended or it "
+                "unsubscribed) before acknowledging them"
+            ),
+            reason="gone",
+        )
 
     def _retry(
-        self, out: _Out, delay: float | None, failed_node: str | None, *, delivered: bool = True
+        self,
+        out: _Out,
+        delay: float | None,
+        failed_node: str | None,
+        *,
+        delivered: bool = True,
+        why: str | None = None,
     ) -> None:
         """Deliver ``out`` again after ``delay`` (``None``: the backoff of its attempt).
 
         ``delivered`` is false when the subscription never saw the message (it
-        had ended, or its inbox was full): that does not count as a delivery.
+        had ended, or it was busy): that does not count as a delivery, but
+        repeated refusals still back off. ``why`` says what went wrong, for
+        the report when the message is given up.
         """
+        if why is not None:
+            out.why = why
         if delivered:
             out.attempt += 1
+        else:
+            out.waits += 1
         limit = self.max_deliver
         if limit is not None and out.attempt > limit:
+            last = f"; the last attempt: {out.why}" if out.why else ""
             self._finish(
                 out,
                 PublishError(
                     f"message on {out.msg.topic!r} given up after {limit} deliveries "
-                    f"(max_deliver={limit})"
+                    f"(max_deliver={limit}){last}"
                 ),
+                reason="max_deliver",
             )
             return
         if delay is None:
-            delay = backoff(out.attempt - 1, self.redelivery_delay, 2.0, self.max_redelivery_delay)
+            delay = backoff(
+                out.attempt - 1 + out.waits, self.redelivery_delay, 2.0, self.max_redelivery_delay
+            )
         if failed_node is not None:
             self._routes.pop(out.msg.topic, None)
         task = asyncio.get_running_loop().create_task(self._reroute(out, delay, failed_node))
@@ -553,7 +678,9 @@ class HttpBroker(Broker):
         if delay > 0:
             await asyncio.sleep(delay)
         if self._runner is None:
-            self._finish(out, PublishError("the broker disconnected before it was acked"))
+            self._finish(
+                out, PublishError("the broker disconnected before it was acked"), reason="closed"
+            )
             return
         topic = out.msg.topic
         try:
@@ -567,8 +694,9 @@ class HttpBroker(Broker):
         if out.group is None:
             node = next((n for n in routes.broadcast if n.id == out.node_id), None)
             if node is None:
-                # The subscription is gone (unsubscribed, or its process died): nobody to tell.
-                self._finish(out, None)
+                # The subscription is gone (unsubscribed, or its process died): nobody to
+                # deliver to, but the publisher hears how many it lost.
+                self._gone(out)
                 return
         else:
             nodes = routes.groups.get(out.group)
@@ -647,13 +775,16 @@ class _Msg:
 class _Out:
     """One message on its way to one target: a broadcast node, or a queue group."""
 
-    __slots__ = ("attempt", "group", "msg", "node_id")
+    __slots__ = ("address", "attempt", "group", "msg", "node_id", "waits", "why")
 
     def __init__(self, msg: _Msg, group: str | None) -> None:
         self.msg = msg
         self.group = group
         self.attempt = 1
         self.node_id = ""
+        self.address = ""
+        self.waits = 0
+        self.why: str | None = None
 
 
 class _Sender:
@@ -669,12 +800,15 @@ class _Sender:
         self.topic = node.metadata.get("topic", "")
         self.address = node.address
         self.busy = False
-        scheme = "https" if node.metadata.get("secure") == "true" else "http"
+        self.secure = node.metadata.get("secure") == "true"
+        scheme = "https" if self.secure else "http"
         self.url = f"{scheme}://{node.address}/"
         self.params = {"id": node.id}
         self.batch = node.metadata.get("microbroker") == _wire.PROTOCOL
         self.queue: deque[_Out] = deque()
         self.down_until = 0.0
+        self.resets = 0
+        self._suspected = -_SUSPECT_INTERVAL
         self.done = 0
         self._wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
@@ -684,6 +818,7 @@ class _Sender:
 
     def push(self, out: _Out) -> None:
         out.node_id = self.node_id
+        out.address = self.address
         self.queue.append(out)
         if not self._wake.is_set():
             self._wake.set()
@@ -726,21 +861,59 @@ class _Sender:
                     for out in batch:
                         await self._send_one(out)
                         self.done += 1
-            except _Unreachable:
+            except _Unreachable as exc:
                 for out in batch[self.done :]:
-                    broker._retry(out, None, self.node_id)
+                    broker._retry(out, None, self.node_id, why=str(exc))
             except asyncio.CancelledError:
                 self._cancelled(batch[self.done :])
                 raise
+            except Exception as exc:
+                # A bug must not strand the batch: say so, and send what is unsettled again.
+                broker._warn.warning(
+                    f"bug {self.node_id}",
+                    "http broker: sending to %s failed unexpectedly",
+                    self.url,
+                    exc_info=exc,
+                )
+                for out in batch[self.done :]:
+                    broker._retry(out, None, self.node_id, why=f"an internal error: {exc!r}")
             finally:
                 self.busy = False
 
     def _cancelled(self, unsettled: list[_Out]) -> None:
         for out in unsettled:
             if self._closed:
-                self.broker._finish(out, PublishError("the broker disconnected before an ack"))
+                self.broker._finish(
+                    out, PublishError("the broker disconnected before an ack"), reason="closed"
+                )
             else:
                 self.broker._retry(out, 0.0, self.node_id)
+
+    def _failure(self, exc: BaseException) -> str:
+        """What a failed request says, for the give-up report; a TLS refusal is suspected.
+
+        A subscriber that refuses a publisher's TLS (one requiring a client
+        certificate the publisher does not send, say) may only reset the
+        connection: asyncio's TLS server sends no alert. A reset can also be
+        a subscriber at its connection bound, so the messages are not given
+        up for it, but ``on_error`` hears the suspicion (once an interval).
+        """
+        why = f"could not reach {self.url}: {_describe(exc)}"
+        if not self.secure or not _is_reset(exc):
+            return why
+        self.resets += 1
+        if self.resets < _SUSPECT_AFTER:
+            return why
+        why = (
+            f"{self.url} reset {self.resets} TLS connections in a row before answering: it "
+            "may refuse this publisher's TLS (does it require a client certificate? give "
+            "client_tls a context with load_cert_chain(); its log names the reason)"
+        )
+        now = time.monotonic()
+        if now - self._suspected >= _SUSPECT_INTERVAL:
+            self._suspected = now
+            _report(PublishError(f"subscription {self.node_id} at {self.address}: {why}"))
+        return why
 
     def _mark_down(self) -> None:
         self.down_until = time.monotonic() + self.broker.max_redelivery_delay
@@ -760,6 +933,7 @@ class _Sender:
                 data=body,
                 headers={"Content-Type": _wire.BATCH_TYPE},
             ) as response:
+                self.resets = 0
                 if response.status != 200:
                     text = (await response.text())[:200]
                     self._rejected(batch, response.status, text)
@@ -773,11 +947,19 @@ class _Sender:
                         self._settle(batch[self.done], result)
                         self.done += 1
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+            problem = _tls_problem(exc)
+            if problem is not None:
+                self._refuse_tls(batch[self.done :], problem)
+                self.done = len(batch)
+                return
             self._mark_down()
             logger.debug("http broker: delivery to %s failed: %r", self.url, exc)
+            why = self._failure(exc)
+        else:
+            why = "the subscriber's answer ended before every verdict"
         # Whatever got no verdict (connection lost, short answer) is sent again.
         for out in batch[self.done :]:
-            broker._retry(out, None, self.node_id)
+            broker._retry(out, None, self.node_id, why=why)
         self.done = len(batch)
 
     async def _send_one(self, out: _Out) -> None:
@@ -795,17 +977,25 @@ class _Sender:
                 await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            problem = _tls_problem(exc)
+            if problem is not None:
+                self._refuse_tls([out], problem)
+                return
             self._mark_down()
             logger.debug("http broker: delivery to %s failed: %r", self.url, exc)
-            raise _Unreachable from exc
+            raise _Unreachable(self._failure(exc)) from exc
+        self.resets = 0
         if 200 <= status < 300:
             self.broker._finish(out, None, acked=True)
         elif status == 404:
             self._settle(out, _wire.GONE)
         elif status in (401, 403, 413) or (400 <= status < 500 and status != 408):
             self._rejected([out], status, "")
+        elif status == 503:
+            self._mark_down()
+            self.broker._retry(out, None, self.node_id, delivered=False, why="busy (HTTP 503)")
         else:
-            self.broker._retry(out, None, None)
+            self.broker._retry(out, None, None, why=f"HTTP {status}")
 
     def _settle(self, out: _Out, result: Any) -> None:
         broker = self.broker
@@ -813,13 +1003,17 @@ class _Sender:
             broker._finish(out, None, acked=True)
         elif result == _wire.GONE:
             self.broker._routes.pop(out.msg.topic, None)
-            broker._retry(out, 0.0, self.node_id, delivered=False)
+            broker._retry(out, 0.0, self.node_id, delivered=False, why="the subscription ended")
         elif result == _wire.BUSY:
-            broker._retry(out, None, self.node_id, delivered=False)
+            broker._retry(
+                out, None, self.node_id, delivered=False, why="the subscription's inbox was full"
+            )
         elif isinstance(result, int | float):
-            broker._retry(out, None if result < 0 else float(result), None)
+            broker._retry(
+                out, None if result < 0 else float(result), None, why="the handler nacked"
+            )
         else:
-            broker._retry(out, None, None)
+            broker._retry(out, None, None, why=f"an unknown verdict {result!r}")
 
     def _rejected(self, batch: list[_Out], status: int, text: str) -> None:
         broker = self.broker
@@ -827,14 +1021,25 @@ class _Sender:
             for out in batch:
                 self._settle(out, _wire.GONE)
             return
+        if status == 503:
+            # Busy (its request budget is spent): nothing was delivered; try later or elsewhere.
+            self._mark_down()
+            for out in batch:
+                broker._retry(out, None, self.node_id, delivered=False, why="busy (HTTP 503)")
+            return
         if status >= 500 or status == 408:
             for out in batch:
-                broker._retry(out, None, self.node_id)
+                broker._retry(out, None, self.node_id, why=f"HTTP {status}")
             return
         hint = {
-            401: "set the same secret (MICRO_BROKER_SECRET) on publisher and subscriber",
+            401: "wrong or missing secret: set the same secret (MICRO_BROKER_SECRET) on "
+            "publisher and subscriber",
             413: "the subscriber accepts smaller messages (max_message_size)",
         }.get(status, text.strip())
+        if status == 401:
+            self.broker._warn.warning(
+                f"401 {self.node_id}", "http broker: %s answers 401: %s", self.url, hint
+            )
         for out in batch:
             broker._finish(
                 out,
@@ -842,11 +1047,116 @@ class _Sender:
                     f"subscriber {self.node_id} at {self.address} rejected a message on "
                     f"{out.msg.topic!r} with HTTP {status}: {hint}"
                 ),
+                reason=f"http-{status}",
+            )
+
+    def _refuse_tls(self, batch: list[_Out], problem: str) -> None:
+        """A TLS failure that no retry can mend: give the messages up, saying what to set."""
+        broker = self.broker
+        self._mark_down()
+        broker._warn.warning(
+            f"tls {self.node_id}", "http broker cannot deliver to %s: %s", self.url, problem
+        )
+        for out in batch:
+            broker._finish(
+                out,
+                PublishError(
+                    f"subscriber {self.node_id} at {self.address} cannot be sent a message on "
+                    f"{out.msg.topic!r} over TLS: {problem}"
+                ),
+                reason="tls",
             )
 
 
 class _Unreachable(Exception):
     pass
+
+
+# Resets in a row on a TLS connection before a TLS refusal is suspected, and how often it is told.
+_SUSPECT_AFTER = 3
+_SUSPECT_INTERVAL = 30.0
+
+
+def _is_reset(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection closed by the other side before it answered."""
+    error: BaseException | None = exc
+    for _ in range(8):
+        if error is None:
+            return False
+        if isinstance(error, ConnectionResetError | aiohttp.ServerDisconnectedError):
+            return True
+        if isinstance(error, OSError) and error.errno == errno.ECONNRESET:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+# SSL errors that say the connection broke, not that TLS was refused: worth another try.
+_TRANSIENT_SSL = (
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+    ssl.SSLSyscallError,
+    ssl.SSLWantReadError,
+    ssl.SSLWantWriteError,
+)
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """What to tell about a TLS failure that trying again cannot fix; ``None`` for others.
+
+    An untrusted certificate or a handshake the other side refused stays so
+    until someone changes a certificate or an option: retrying would only hide it.
+    """
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        # aiohttp's wrappers (ClientConnectorCertificateError, ClientConnectorSSLError) are
+        # ssl errors too, without the details: look at what they wrap first.
+        inner = [
+            e
+            for e in (
+                getattr(error, "certificate_error", None),
+                getattr(error, "os_error", None),
+                error.__cause__,
+                error.__context__,
+            )
+            if isinstance(e, BaseException) and id(e) not in seen
+        ]
+        todo.extend(inner)
+        if inner and isinstance(error, aiohttp.ClientError):
+            continue
+        if isinstance(error, ssl.SSLCertVerificationError):
+            detail = (
+                getattr(error, "verify_message", None) or getattr(error, "reason", None) or error
+            )
+            return (
+                f"its certificate is not trusted ({detail}): give the publisher "
+                "client_tls=ssl.create_default_context(cafile=<the CA that signed the "
+                "subscriber's certificate>), and the subscriber a certificate for the address "
+                "it registers"
+            )
+        if isinstance(error, ssl.SSLError) and not isinstance(error, _TRANSIENT_SSL):
+            reason = str(getattr(error, "reason", None) or error)
+            if "EOF" in reason.upper():
+                continue
+            if reason == "WRONG_VERSION_NUMBER":
+                return (
+                    "it does not answer in TLS (wrong version number), though registered "
+                    "with secure=true"
+                )
+            return (
+                f"the TLS handshake failed ({reason}): check the certificates, tls= on "
+                "the subscriber and client_tls= on the publisher"
+            )
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _report(error: BaseException) -> None:

@@ -73,6 +73,9 @@ class HttpSubscriber(Subscriber):
         self.service = service
         self._broker = broker
         self._deliver = deliver
+        self.limits = _wire.Limits.for_topic(
+            topic, broker.capabilities.max_headers, broker.capabilities.max_header_bytes
+        )
         self._active = True
         self._expiring: set[asyncio.Task[None]] = set()
         self._mailbox: Mailbox[_InboundDelivery] = Mailbox(
@@ -123,42 +126,152 @@ def _text(status: int, message: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", headers=headers or None)
 
 
+class Budget:
+    """The bytes of request bodies a server holds at once, over all its connections.
+
+    A request holds its share from before its body is read until it is
+    answered (its messages handled), so that what concurrent requests cost in
+    memory stays near ``limit``. A request that would go beyond is answered
+    503 (busy) and the publisher retries; one request is always let in,
+    however large, so that a message of ``max_message_size`` gets through.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used and self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Busy(Exception):
+    pass
+
+
+class _Truncated(Exception):
+    pass
+
+
 def make_app(broker: HttpBroker) -> web.Application:
     """The aiohttp application of one broker: ``POST /?id=<node id>``, as go-micro's."""
     secret = broker.secret.encode() if broker.secret else None
     subscribers: Callable[[str], HttpSubscriber | None] = broker._subscribers.get
     read_timeout = broker.read_timeout
+    max_request = broker.max_request_size
+    budget = broker._budget
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        listener = broker._listener
+        conn = listener.started(request.transport) if listener is not None else None
+        try:
+            return await serve(request)
+        finally:
+            if listener is not None:
+                listener.finished(conn)
+
+    async def serve(request: web.Request) -> web.StreamResponse:
         if secret is not None:
             given = request.headers.get("Authorization", "")
             if not given.startswith("Bearer ") or not hmac.compare_digest(
                 given[7:].encode(), secret
             ):
-                return _text(
+                refused = _text(
                     401,
                     "missing or wrong shared secret: send 'Authorization: Bearer <secret>'",
                     **{"WWW-Authenticate": 'Bearer realm="microbroker"'},
                 )
+                # A client without the secret keeps no connection (nor its slot) open.
+                refused.force_close()
+                return refused
         node_id = request.query.get("id")
         if not node_id:
             return _text(400, "missing the subscription's node id: POST /?id=<node id>")
         sub = subscribers(node_id)
         if sub is None:
             return _text(404, f"no subscription with node id {node_id!r} here (it may have ended)")
+        length = request.content_length
+        if length is not None and length > max_request:
+            return _too_large()
+        held = [0]
         try:
-            async with asyncio.timeout(read_timeout):
-                data = await request.read()
-        except TimeoutError:
-            return _text(408, f"the request body did not arrive within {read_timeout}s")
-        if request.content_type == _wire.BATCH_TYPE:
-            return await _batch(request, sub, data)
+            try:
+                async with asyncio.timeout(read_timeout):
+                    data = await _read(request, length, held)
+            except TimeoutError:
+                return _text(408, f"the request body did not arrive within {read_timeout}s")
+            except _TooLarge:
+                return _too_large()
+            except _Busy:
+                return _text(
+                    503,
+                    "the subscriber holds as many request bytes as it may (max_request_bytes); "
+                    "retry later",
+                    **{"Retry-After": "1"},
+                )
+            except _Truncated:
+                return _text(400, "the request body ended before its Content-Length")
+            if request.content_type == _wire.BATCH_TYPE:
+                return await _batch(request, sub, data)
+            return await _single(sub, data, node_id)
+        finally:
+            budget.give(held[0])
+
+    async def _read(request: web.Request, length: int | None, held: list[int]) -> bytearray:
+        """The body, within the budget: one buffer of its length, filled as chunks arrive."""
+        content = request.content
+        if length is not None:
+            if not budget.take(length):
+                raise _Busy
+            held[0] = length
+            data = bytearray(length)
+            view = memoryview(data)
+            pos = 0
+            while pos < length:
+                chunk = await content.readany()
+                if not chunk:
+                    raise _Truncated
+                n = len(chunk)
+                view[pos : pos + n] = chunk
+                pos += n
+            return data
+        # No Content-Length (chunked): count the chunks as they come.
+        data = bytearray()
+        while chunk := await content.readany():
+            if len(data) + len(chunk) > max_request:
+                raise _TooLarge
+            if not budget.take(len(chunk)):
+                raise _Busy
+            held[0] += len(chunk)
+            data += chunk
+        return data
+
+    def _too_large() -> web.Response:
+        refused = _text(
+            413, f"the request is larger than this subscriber accepts ({max_request} bytes)"
+        )
+        refused.force_close()  # do not read the rest of a body this size
+        return refused
+
+    async def _single(sub: HttpSubscriber, data: bytearray, node_id: str) -> web.StreamResponse:
         # go-micro's single message: its Content-Type is application/json, but go-micro
         # reads the body whatever the header says, so do we.
         try:
-            headers, body = _wire.decode_envelope(data)
-        except _wire.EnvelopeError as exc:
+            headers, body = _wire.decode_envelope(data, sub.limits)
+        except _wire.WireError as exc:
             return _text(400, f"bad message: {exc}")
+        del data  # the decoded message is all that is needed from here on
         topic = _topic(headers)
         if topic is None:
             return _text(400, f'bad message: no "{_wire.TOPIC_HEADER}" in "Header"')
@@ -179,11 +292,14 @@ def make_app(broker: HttpBroker) -> web.Application:
             )
         return _text(500, "the handler did not accept the message (nack or error)")
 
-    async def _batch(request: web.Request, sub: HttpSubscriber, data: bytes) -> web.StreamResponse:
+    async def _batch(
+        request: web.Request, sub: HttpSubscriber, data: bytearray
+    ) -> web.StreamResponse:
         try:
-            frames = _wire.decode_batch(data)
+            frames = _wire.decode_batch(data, sub.limits)
         except _wire.WireError as exc:
             return _text(400, f"bad batch: {exc}")
+        del data
         results = []
         for _attempt, headers, _body in frames:
             if _topic(headers) != sub.topic:
@@ -215,7 +331,7 @@ def make_app(broker: HttpBroker) -> web.Application:
         await response.write_eof()
         return response
 
-    app = web.Application(client_max_size=broker.max_request_size)
+    app = web.Application(client_max_size=max_request)
     app.router.add_post("/", handle)
     return app
 
