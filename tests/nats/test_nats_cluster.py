@@ -180,6 +180,16 @@ async def leaders(cluster: NatsCluster, stream: str, consumer: str) -> tuple[str
         await nc.close()
 
 
+async def stored(cluster: NatsCluster, stream: str) -> int:
+    """How many messages ``stream`` holds, asked through a raw nats-py client."""
+    nc = await nats.connect(cluster.seeds.split(","))
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
 async def lead_from(cluster: NatsCluster, node: NatsServer, stream: str, consumer: str) -> None:
     """Make ``node`` the leader of the stream and of the consumer (leader step-down, preferred)."""
     nc = await nats.connect(cluster.seeds.split(","))
@@ -270,12 +280,14 @@ async def test_jetstream_loses_nothing_when_a_node_is_killed_mid_stream(
             lambda: len(inbox.counts) >= TOTAL, f"delivery of all {TOTAL} messages", 120
         )
         lost = TOTAL - len(inbox.counts)
+        # Each message stored once: a copy sent again after the kill was not stored twice.
+        in_stream = await stored(cluster, stream_name)
         print(
             f"\nJetStream cluster, {killed} killed ({doomed.server_name}; clients on "
             f"{clients.server_name}, meta leader {meta}, stream leader {stream_leader}, "
             f"consumer leader {consumer_leader}) after {acked} acked, "
-            f"{stream.in_flight_at_kill} publishes in flight: {TOTAL} published, {lost} lost, "
-            f"{inbox.duplicates} duplicates, "
+            f"{stream.in_flight_at_kill} publishes in flight: {TOTAL} published, "
+            f"{in_stream} in the stream, {lost} lost, {inbox.duplicates} duplicates, "
             f"{len(stream.errors)} publishes raised; clients on a live node after "
             f"{reconnected_after:.2f}s, publishing resumed after {stream.resumed_after:.2f}s, "
             f"delivery after {inbox.resumed_after:.2f}s"
@@ -284,6 +296,7 @@ async def test_jetstream_loses_nothing_when_a_node_is_killed_mid_stream(
         assert not stream.errors, f"publishes raised: {stream.errors[:3]}"
         assert lost == 0
         assert set(inbox.counts) == set(range(TOTAL))
+        assert in_stream == TOTAL, "a message sent again must be stored once"
         assert pub.connected
         assert sub.connected
     finally:
