@@ -404,6 +404,10 @@ async def test_a_subscription_made_while_the_meta_leader_is_elected_waits_for_it
         assert asked_again, "the subscription's requests must have met the election"
         await pub.publish(topic, microbroker.Message(b"after the election"))
         await eventually(lambda: inbox == [b"after the election"], "the message", 60)
+        # The killed node comes back with its store and rejoins: routes to both, one leader.
+        await asyncio.to_thread(cluster.restart, doomed)
+        await pub.publish(topic, microbroker.Message(b"with three nodes again"))
+        await eventually(lambda: len(inbox) == 2, "a message once the node is back", 60)
     finally:
         await late.disconnect()
         await pub.disconnect()
