@@ -28,16 +28,19 @@ async def open_connection(
     servers: list[str],
     closing: Callable[[], bool],
     closed: Callable[[], None],
+    lost: Callable[[], None],
 ) -> NATS:
-    """A connection to the first server of ``servers`` that takes it.
+    """A connection to a server of ``servers`` that takes it (tried in random order).
 
     Raises :class:`~microbroker_nats.NatsConnectError` (or
     :class:`~microbroker_nats.NatsAuthError`) saying why no server did and what
     to change; ``ValueError`` for a TLS or credentials file that cannot be used.
     Once connected, a lost connection is retried as the options say
     (``max_reconnect_attempts``); ``closing()`` tells a lost connection from
-    the broker's own disconnect, and ``closed()`` is called once the connection
-    is closed for good (by the broker, or after the reconnection attempts).
+    the broker's own disconnect, ``lost()`` is called when the connection drops
+    (before nats-py reconnects, to the same server or another of the list or of
+    the cluster's), and ``closed()`` once the connection is closed for good (by
+    the broker, or after the reconnection attempts).
     """
     failures: list[BaseException] = []
     connecting = True
@@ -50,7 +53,10 @@ async def open_connection(
 
     async def on_disconnected() -> None:
         # While connecting, a failure is connect()'s error, not a lost connection.
-        if not closing() and not connecting:
+        if connecting:
+            return
+        lost()
+        if not closing():
             logger.warning("nats: disconnected from %s, reconnecting", servers)
 
     async def on_closed() -> None:

@@ -1,4 +1,11 @@
-"""JetStream's server side: the stream the broker creates or binds to, and its consumers."""
+"""JetStream's server side: the stream the broker creates or binds to, and its consumers.
+
+In a cluster, JetStream's API goes unanswered for a few seconds while a leader
+is elected after a node's death (nats-server's election timeout is 4 to 9 s):
+the meta leader's for creating consumers and finding streams, a stream
+leader's for its info. :meth:`Streams.ask` sends such a request again rather
+than fail a subscribe or a lookup at the first silence.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,9 @@ import hashlib
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -14,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
 from microbroker import NotConnected
+from microbroker.transport import backoff
 
 from ._subjects import covers, is_pattern
 from .errors import StreamError
@@ -22,6 +33,38 @@ from .options import NatsOptions
 logger = logging.getLogger("microbroker.nats")
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
+T = TypeVar("T")
+
+#: Times a JetStream API request is sent while it goes unanswered (see :meth:`Streams.ask`).
+API_ATTEMPTS = 3
+
+
+class Unavailable(StreamError):
+    """JetStream could not answer: no leader to (an election in a cluster, a lost quorum)."""
+
+
+#: JetStream's error code for a message id still being stored (a copy sent before).
+IN_PROCESS = 10158
+# Answers that are no decision, besides 503s: that, and a stream's full queue.
+_BUSY = frozenset({IN_PROCESS, 10167})
+# 503s that are one: out of resources (storage, memory).
+_NO_RESOURCES = frozenset({10023, 10028, 10047})
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that JetStream cannot answer now, rather than that it says no.
+
+    A timeout; a 503 the server sent (``JetStream system temporarily
+    unavailable``, ``raft: not leader``) unless it is out of resources; a
+    message id still in process; a stream's full queue. The 503 nats-py makes
+    of "no responders" (``err_code`` unset) says that JetStream is not enabled.
+    """
+    if isinstance(exc, nats.errors.TimeoutError):
+        return True
+    if not isinstance(exc, nats.js.errors.APIError) or exc.err_code is None:
+        return False
+    code = exc.err_code
+    return code in _BUSY or (exc.code == 503 and code not in _NO_RESOURCES)
 
 
 def durable_name(queue: str, topic: str) -> str:
@@ -66,23 +109,44 @@ class Streams:
         # A stream needs a subject; this one captures nothing a user publishes.
         return f"_microbroker.{self.settings.stream}"
 
+    async def ask(self, request: Callable[[], Awaitable[T]], what: str) -> T:
+        """The answer to a JetStream API request, sent again while JetStream cannot answer.
+
+        Up to :data:`API_ATTEMPTS` sends, each waiting up to ``publish_timeout``,
+        with a short pause in between; then :class:`Unavailable`, saying
+        ``what`` was asked. The requests this broker makes (stream info, adding
+        a stream, a subject or a named consumer) may safely be repeated.
+        """
+        for attempt in range(1, API_ATTEMPTS + 1):
+            try:
+                return await request()
+            except (nats.errors.TimeoutError, nats.js.errors.APIError) as exc:
+                if not unavailable(exc) or self.nc.is_closed:
+                    raise
+                if attempt == API_ATTEMPTS:
+                    raise Unavailable(
+                        f"JetStream did not answer {what} ({exc}; asked {API_ATTEMPTS} times, "
+                        f"waiting {self.settings.publish_timeout}s each, option "
+                        "publish_timeout): is it enabled on the server (nats-server -js), "
+                        "and, in a cluster, are a quorum of its nodes up?"
+                    ) from exc
+                logger.info("nats: JetStream did not answer %s (%s): asking again", what, exc)
+            await asyncio.sleep(backoff(attempt, 0.1, cap=1.0))
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def setup(self) -> None:
         """Create the configured stream, or bind to it and add the configured subjects."""
         js = self.js
         settings = self.settings
         name = settings.stream
         try:
-            info = await js.stream_info(name)
+            info = await self.ask(partial(js.stream_info, name), f"about stream {name!r}")
         except nats.js.errors.NotFoundError:
             info = None
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
             raise StreamError(
                 f"JetStream is not enabled on the NATS server at {', '.join(self.servers)}: "
                 "start nats-server with -js (or use the broker without jetstream=True)"
-            ) from exc
-        except nats.errors.TimeoutError as exc:
-            raise StreamError(
-                "JetStream did not answer: is it enabled on the server (nats-server -js)?"
             ) from exc
         wanted = list(settings.subjects or [])
         try:
@@ -97,13 +161,15 @@ class Streams:
                     max_age=settings.max_age,
                     duplicate_window=settings.duplicate_window,
                 )
-                await js.add_stream(config)
+                await self.ask(partial(js.add_stream, config), f"creating stream {name!r}")
             else:
                 present = list(info.config.subjects or [])
                 missing = [s for s in wanted if not any(covers(p, s) for p in present)]
                 if missing:
                     info.config.subjects = [*present, *missing]
-                    await js.update_stream(info.config)
+                    await self.ask(
+                        partial(js.update_stream, info.config), f"updating stream {name!r}"
+                    )
         except nats.js.errors.APIError as exc:
             raise StreamError(
                 f"cannot create or update stream {name!r}: {exc.description or exc}"
@@ -136,7 +202,7 @@ class Streams:
                 if known is not None:
                     return known
                 try:
-                    info = await js.stream_info(name)
+                    info = await self.ask(partial(js.stream_info, name), f"about stream {name!r}")
                 except nats.js.errors.NotFoundError as exc:
                     raise StreamError(
                         f"stream {name!r} is gone from the server: reconnect the broker to "
@@ -148,7 +214,10 @@ class Streams:
                     return name
                 if not is_pattern(topic):
                     try:
-                        other = await js.find_stream_name_by_subject(topic)
+                        other = await self.ask(
+                            partial(js.find_stream_name_by_subject, topic),
+                            f"which stream captures {topic!r}",
+                        )
                     except nats.js.errors.NotFoundError:
                         other = None
                     if other:
@@ -160,11 +229,14 @@ class Streams:
                         f"stream {name!r} (option subjects) or create a stream for it"
                     )
                 placeholder = self._placeholder_subject
-                info.config.subjects = [
+                config = info.config
+                config.subjects = [
                     s for s in subjects if s != placeholder and not covers(topic, s)
                 ] + [topic]
                 try:
-                    await js.update_stream(info.config)
+                    await self.ask(
+                        partial(js.update_stream, config), f"adding {topic!r} to stream {name!r}"
+                    )
                 except nats.js.errors.APIError as exc:
                     raise StreamError(
                         f"cannot add {topic!r} to stream {name!r}: {exc.description or exc}"
@@ -193,7 +265,10 @@ class Streams:
         if durable is None:
             config.inactive_threshold = self.settings.inactive_threshold
         try:
-            await self.js.add_consumer(stream, config)
+            await self.ask(
+                partial(self.js.add_consumer, stream, config),
+                f"creating consumer {name!r} on stream {stream!r}",
+            )
         except nats.js.errors.APIError as exc:
             raise StreamError(
                 f"cannot create consumer {name!r} on stream {stream!r}: {exc.description or exc}"
@@ -225,11 +300,17 @@ class Streams:
         js = self.js
         for _ in range(3):
             try:
-                info = await js.consumer_info(stream, name)
+                info = await self.ask(
+                    partial(js.consumer_info, stream, name),
+                    f"about consumer {name!r} of stream {stream!r}",
+                )
             except nats.js.errors.NotFoundError:
                 created = self._consumer_config(name, topic, self.nc.new_inbox(), queue)
                 try:
-                    await js.add_consumer(stream, created)
+                    await self.ask(
+                        partial(js.add_consumer, stream, created),
+                        f"creating consumer {name!r} on stream {stream!r}",
+                    )
                     return created
                 except nats.js.errors.APIError:
                     continue  # another member created it at the same moment: bind to theirs

@@ -8,21 +8,40 @@ the rare one that passes the count and still needs more framing than reserved
 (over 64 headers, a longer JetStream message id, an envelope with escaped
 characters) is measured exactly here and refused with
 :class:`~microbroker.MessageTooLarge` before anything is sent.
+
+A JetStream publish is retried here until ``publish_timeout``, always with the
+same ``Nats-Msg-Id`` (so that a copy whose acknowledgement was lost is stored
+once): sent again at once when the connection is lost (nats-py buffers it
+until it has reconnected, to this server or another), when no answer came
+within :data:`RESEND_AFTER`, and after a pause when nobody answered for the
+stream (``503``: in a cluster, while its leader is elected).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
+import json
 import logging
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
 
 from microbroker import InvalidTopic, Message, MessageTooLarge, NotConnected, PublishError
-from microbroker.transport import ID, check_headers, check_topic, encode_envelope, header_size
+from microbroker.transport import (
+    ID,
+    backoff,
+    check_headers,
+    check_topic,
+    encode_envelope,
+    header_size,
+    new_message_id,
+)
 
 from ._client import (
     BLOCK_FRAMING,
@@ -34,7 +53,7 @@ from ._client import (
     header_block_size,
     parse_header_lines,
 )
-from ._jetstream import Streams
+from ._jetstream import IN_PROCESS, Streams, Unavailable, unavailable
 from ._subjects import check_literal, is_pattern
 from .errors import NoResponders, RequestTimeout, StreamError
 from .options import NatsOptions
@@ -52,6 +71,20 @@ _ENVELOPE_FRAMING = len(b'{"Header":{},"Body":""}')
 _ENVELOPE_PER_HEADER = len(b'"":"",')
 # Bodies this far below the limit (with few headers) cannot need more than the reserve.
 _NEAR = 64 * 1024
+#: Seconds a JetStream publish waits for its acknowledgement before it is sent again
+#: (its id unchanged) within ``publish_timeout``: an acknowledgement lost with a node
+#: of a cluster never comes, though this client's connection stayed up.
+RESEND_AFTER = 2.0
+# Seconds a publish that found nobody answering for its stream lets a lookup of the
+# stream take (the stream deleted or its subjects changed, or a leader being elected).
+_RECHECK = 1.0
+
+
+class _Lost(Exception):
+    """The connection was lost while a JetStream publish waited for its acknowledgement."""
+
+
+_NO_RESPONDERS = "503"
 
 
 def declared_size(max_payload: int, *, jetstream: bool, envelope: bool) -> int:
@@ -95,6 +128,35 @@ class Publisher:
         #: JetStream publishes waiting for their acknowledgement, for disconnect to wait on.
         self.in_flight = 0
         self._idle: asyncio.Event | None = None
+        # JetStream's acknowledgements come to one inbox of this publisher's: an ack
+        # subject per send (``<prefix><n>``) and a future waiting for it, which
+        # connection_lost() can end so that the publish sends again at once.
+        self._acks: dict[str, asyncio.Future[api.PubAck]] = {}
+        self._ack_prefix = ""
+        self._tokens = itertools.count()
+
+    async def start(self) -> None:
+        """Subscribe the inbox of JetStream's acknowledgements (JetStream mode)."""
+        prefix = self.nc.new_inbox() + "."
+        await self.nc.subscribe(prefix + "*", cb=self._on_ack)
+        self._ack_prefix = prefix
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._acks.pop(msg.subject[len(self._ack_prefix) :], None)
+        if future is None or future.done():
+            return  # a send given up on (timed out, or sent again since)
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            answer = json.loads(msg.data)
+            if "error" in answer:
+                nats.js.errors.APIError.from_error(answer["error"])  # raises it
+            future.set_result(api.PubAck.from_response(answer))
+        except nats.js.errors.APIError as exc:
+            future.set_exception(exc)
+        except (ValueError, TypeError, KeyError) as exc:
+            future.set_exception(PublishError(f"JetStream's acknowledgement was unreadable: {exc}"))
 
     async def send(self, topic: str, message: Message, options: dict[str, Any]) -> None:
         """Publish ``message`` on ``topic`` (checked by ``Broker.publish`` already)."""
@@ -168,58 +230,159 @@ class Publisher:
     async def _send_jetstream(self, topic: str, message: Message, options: dict[str, Any]) -> None:
         streams = self.streams
         assert streams is not None
-        msg_id = options.pop("msg_id", None) or message.header(ID)
+        # The server stores a message with a known id only once within duplicate_window,
+        # so that sending it again (here, or the caller after a PublishError) cannot make
+        # a duplicate; a message without one gets one for this publish's own retries.
+        msg_id = options.pop("msg_id", None) or message.header(ID) or new_message_id()
         timeout = options.pop("timeout", None) or self.settings.publish_timeout
         if options:
             raise TypeError(
                 f"nats publish() takes no option(s) {', '.join(options)}; "
                 "in JetStream mode it takes msg_id and timeout"
             )
-        # The server stores a message with a known id only once within duplicate_window,
-        # so that publishing again after a timeout cannot make a duplicate.
         body, headers = self._wire(topic, message, msg_id)
         self.in_flight += 1
         try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
             if not streams.known(topic):
-                try:
-                    await streams.stream_for(topic)
-                except StreamError as exc:
-                    raise PublishError(str(exc)) from exc
-            for attempt in (1, 2):
-                try:
-                    ack = await streams.js.publish(topic, body, timeout=timeout, headers=headers)
-                except nats.js.errors.NoStreamResponseError as exc:
-                    # Another broker may have rewritten the stream's subjects meanwhile.
-                    streams.forget(topic)
-                    if attempt == 2 or self.settings.subjects is not None:
-                        raise PublishError(
-                            f"no JetStream stream captures {topic!r}: add it to the subjects of "
-                            f"stream {self.settings.stream!r} (option subjects)"
-                        ) from exc
-                    try:
-                        await streams.stream_for(topic)
-                    except StreamError as again:
-                        raise PublishError(str(again)) from again
-                    continue
-                except nats.errors.TimeoutError as exc:
-                    raise PublishError(
-                        f"JetStream did not acknowledge the message on {topic!r} within "
-                        f"{timeout}s; it may or may not be stored: publish it again (with the "
-                        "same Micro-ID it is stored once)"
-                    ) from exc
-                except nats.js.errors.APIError as exc:
-                    raise PublishError(
-                        f"JetStream refused the message on {topic!r}: {exc.description or exc}"
-                    ) from exc
-                except nats.errors.Error as exc:
-                    raise self.error(topic, message, exc) from exc
-                if ack.duplicate:
-                    await self._check_duplicate(topic, ack.stream, ack.seq, msg_id, body, headers)
-                return
+                await self._look_up(streams, topic, timeout)
+            ack = await self._store(streams, topic, message, body, headers, timeout, deadline)
+            if ack.duplicate:
+                await self._check_duplicate(topic, ack.stream, ack.seq, msg_id, body, headers)
         finally:
             self.in_flight -= 1
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
+
+    async def _store(
+        self,
+        streams: Streams,
+        topic: str,
+        message: Message,
+        body: bytes,
+        headers: dict[str, str] | None,
+        timeout: float,
+        deadline: float,
+    ) -> api.PubAck:
+        """Send until the server acknowledges, until ``deadline`` (see the module)."""
+        loop = asyncio.get_running_loop()
+        sends = 0
+        silent = 0  # sends in a row that found nobody answering for the stream
+        rechecked = False
+        maybe_stored = False  # a send may have been stored, its acknowledgement lost
+        while True:
+            sends += 1
+            remaining = deadline - loop.time()
+            try:
+                return await self._attempt(topic, body, headers, min(remaining, RESEND_AFTER))
+            except (_Lost, TimeoutError) as exc:
+                silent = 0
+                maybe_stored = True
+                why = "the connection was lost" if isinstance(exc, _Lost) else "no answer"
+            except nats.js.errors.NoStreamResponseError:
+                silent += 1
+                why = "no stream"
+                if not rechecked:
+                    rechecked = True
+                    await self._recheck(streams, topic, min(deadline - loop.time(), _RECHECK))
+            except nats.js.errors.APIError as exc:
+                # Answers that are no decision about the message: sent again after a pause.
+                if not unavailable(exc):
+                    raise PublishError(
+                        f"JetStream refused the message on {topic!r}: {exc.description or exc}"
+                    ) from exc
+                silent += 1
+                maybe_stored = maybe_stored or exc.err_code == IN_PROCESS
+                why = str(exc.description)
+            except nats.errors.Error as exc:
+                raise self.error(topic, message, exc) from exc
+            pause = backoff(silent, 0.05, cap=0.5) if silent else 0.0
+            if loop.time() + pause >= deadline:
+                raise self._unstored(topic, timeout, sends, why, maybe_stored)
+            if pause:
+                await asyncio.sleep(pause)
+
+    async def _look_up(self, streams: Streams, topic: str, timeout: float) -> None:
+        """Find (or make) the stream of a topic not published to yet, within the publish's time."""
+        try:
+            await asyncio.wait_for(streams.stream_for(topic), timeout)
+        except TimeoutError as exc:
+            raise PublishError(
+                f"JetStream did not answer within {timeout}s while looking up the stream of "
+                f"{topic!r} (in a cluster: electing a leader, or without a quorum); nothing "
+                "was sent"
+            ) from exc
+        except StreamError as exc:
+            raise PublishError(str(exc)) from exc
+
+    async def _attempt(
+        self, topic: str, body: bytes, headers: dict[str, str] | None, wait: float
+    ) -> api.PubAck:
+        """One send and its acknowledgement; :class:`_Lost` when the connection drops meanwhile.
+
+        (nats-py's ``js.publish`` is a request whose wait cannot be ended from
+        outside but by cancelling its task; this costs no task per publish.)
+        """
+        token = str(next(self._tokens))
+        future: asyncio.Future[api.PubAck] = asyncio.get_running_loop().create_future()
+        acks = self._acks
+        acks[token] = future
+        try:
+            await self.nc.publish(topic, body, reply=self._ack_prefix + token, headers=headers)
+            return await asyncio.wait_for(future, wait)
+        finally:
+            acks.pop(token, None)
+
+    def connection_lost(self) -> None:
+        """The connection dropped: JetStream publishes awaiting acknowledgement send again.
+
+        An acknowledgement on its way through the lost server never comes;
+        the copy sent again (same ``Nats-Msg-Id``) waits in nats-py's buffer
+        until the client has reconnected.
+        """
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(_Lost())
+
+    async def _recheck(self, streams: Streams, topic: str, wait: float) -> None:
+        """Nobody answered for ``topic``'s stream: look it up again, in case it changed.
+
+        A stream deleted, or without the topic now, raises
+        :class:`~microbroker.PublishError`; with ``subjects=None`` the topic is
+        added again. A lookup that gets no answer either (a cluster electing
+        the stream's leader) lets the publish go on trying.
+        """
+        streams.forget(topic)
+        try:
+            await asyncio.wait_for(streams.stream_for(topic), max(wait, 0.0))
+        except (TimeoutError, Unavailable):
+            return
+        except StreamError as exc:
+            raise PublishError(str(exc)) from exc
+
+    def _unstored(
+        self, topic: str, timeout: float, sends: int, why: str, maybe_stored: bool
+    ) -> PublishError:
+        """The error of a publish not acknowledged within its ``timeout``."""
+        fate = (
+            "it may or may not be stored: publish it again (with the same Micro-ID it is "
+            "stored once)"
+            if maybe_stored
+            else "it was not stored"
+        )
+        if why == "no stream":
+            return PublishError(
+                f"no JetStream stream answered for {topic!r} within {timeout}s ({sends} "
+                "sends): the stream that captures it has no leader (in a cluster: one is "
+                "being elected after a node's death, or a quorum of its replicas is down), "
+                "or no stream captures it any more (add it to the subjects of stream "
+                f"{self.settings.stream!r}, option subjects); {fate}"
+            )
+        return PublishError(
+            f"JetStream did not acknowledge the message on {topic!r} within {timeout}s "
+            f"({sends} sends, the last: {why}); {fate}"
+        )
 
     async def _check_duplicate(
         self,

@@ -94,6 +94,11 @@ class NatsBroker(Broker):
         self._open = False
         self._lean = None
 
+    def _lost(self) -> None:
+        """The connection dropped: JetStream publishes waiting for an ack send again."""
+        if self._publisher is not None:
+            self._publisher.connection_lost()
+
     @property
     def client(self) -> NATS:
         """The underlying nats-py client, for what this broker does not expose."""
@@ -111,20 +116,23 @@ class NatsBroker(Broker):
             await self.disconnect()
         settings = self.settings
         nc = await _connection.open_connection(
-            settings, self.servers, lambda: self._closing, self._closed
+            settings, self.servers, lambda: self._closing, self._closed, self._lost
         )
         streams = None
+        publisher = Publisher(nc, settings, None)
         if settings.jetstream:
             try:
                 streams = Streams(nc, settings, self.servers)
                 await streams.setup()
+                publisher = Publisher(nc, settings, streams)
+                await publisher.start()
             except BaseException:
                 with contextlib.suppress(Exception):
                     await nc.close()
                 raise
         self.capabilities = capabilities(settings, nc.max_payload)
         self._streams = streams
-        publisher = self._publisher = Publisher(nc, settings, streams)
+        self._publisher = publisher
         self._nc = nc
         if type(nc) is FastClient and publisher.lean:
             self._lean = (nc, publisher)
