@@ -598,7 +598,7 @@ def test_a_fixed_http_port_cannot_serve_two_workers(cli: Cli, app_dir: Path) -> 
     # The first worker listens there; the second cannot, and the supervisor stops.
     result = cli.run("run", "app:service", "--workers", "2", "--address", address, cwd=app_dir)
     assert result.code == 3, result
-    assert "address already in use" in result.err
+    assert "address already in use" in result.err.lower()
     assert "exited with code 3 before it was ready" in result.err
 
 

@@ -234,7 +234,11 @@ def test_the_reader_cuts_packets_as_gmqtt_does_whatever_the_reads(
     sent: list[tuple[int, bytes]], data: st.DataObject
 ) -> None:
     stream = b"".join(bytes((cmd,)) + _vbi(len(body)) + body for cmd, body in sent)
-    stream += data.draw(st.binary(max_size=3), label="a packet cut short at the end")
+    # A packet cut short at the end: a whole packet's first bytes, never all of them
+    # (random bytes could make a whole packet, b"\x00\x00" say).
+    cmd, body = data.draw(st.tuples(st.integers(0x10, 0xFF), st.binary(max_size=40)))
+    whole = bytes((cmd,)) + _vbi(len(body)) + body
+    stream += whole[: data.draw(st.integers(0, len(whole) - 1), label="bytes of it sent")]
     # As the read loop does: reads of any size, the buffer kept between them.
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6), label="cuts"))
     buf = bytearray()

@@ -82,7 +82,7 @@ async def test_every_message_up_to_the_declared_size_fits_and_one_byte_more_is_r
 async def test_more_framing_than_reserved_is_measured_and_refused_before_sending(
     server: NatsServer, mode: str
 ) -> None:
-    """Within the declared size but 300 headers: MessageTooLarge, and the connection stays up.
+    """Within the declared size but 200 headers: MessageTooLarge, and the connection stays up.
 
     (Without this check the server would take the oversized HPUB as a protocol
     violation and close the connection.)
@@ -91,7 +91,9 @@ async def test_more_framing_than_reserved_is_measured_and_refused_before_sending
     async with NatsBroker(server.url, **MODES[mode]) as broker:
         limit = broker.capabilities.max_message_size
         assert limit is not None
-        headers = {f"X{n}": "" for n in range(300)}
+        # More than the framing reserve covers, within max_headers (256).
+        headers = {f"X{n}": "" for n in range(200)}
+        assert RESERVED_HEADERS < len(headers) <= (broker.capabilities.max_headers or 0)
         message = microbroker.Message(b"\0" * (limit - header_size(headers)), headers)
         with pytest.raises(microbroker.MessageTooLarge, match="max_payload of 1048576 bytes"):
             await broker.publish(topic, message)
@@ -119,4 +121,26 @@ async def test_max_message_size_comes_from_the_server(
         with pytest.raises(microbroker.MessageTooLarge, match="max_message_size"):
             await broker.publish("big", microbroker.Message(b"\0" * (3 * 1024 * 1024 + 1)))
         await eventually(lambda: len(inbox) == 1, "the 2 MiB message")
+        assert broker.connected
+
+
+async def test_a_micro_id_too_long_for_jetstreams_header_block_is_refused_before_sending(
+    jetstream_server: NatsServer,
+) -> None:
+    """JetStream stores a header block of at most 64 KiB and the Micro-ID travels twice
+    (as itself and as Nats-Msg-Id): headers within max_header_bytes whose block would
+    exceed it are MessageTooLarge (max_header_bytes), not a server error, and the
+    broker goes on."""
+    async with NatsBroker(jetstream_server.url, jetstream=True) as broker:
+        limit = broker.capabilities.max_header_bytes
+        assert limit is not None and limit < 0xFFFF
+        micro_id = "i" * (limit - len("Micro-ID"))
+        message = microbroker.Message(b"x", {"Micro-ID": micro_id})
+        with pytest.raises(microbroker.MessageTooLarge, match="Nats-Msg-Id") as caught:
+            await broker.publish("longid", message)
+        assert caught.value.limit_name == "max_header_bytes"
+        inbox = Recorder()
+        await broker.subscribe("longid", inbox)
+        await broker.publish("longid", microbroker.Message(b"after", {"Micro-ID": "short"}))
+        await eventually(lambda: inbox.bodies == [b"after"], "the next message")
         assert broker.connected

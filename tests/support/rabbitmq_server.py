@@ -92,6 +92,7 @@ class RabbitMQServer(ServerProcess):
         vhost: str = "/",
         tls: bool = False,
         name: str = "rabbitmq",
+        config: tuple[str, ...] = (),
     ) -> None:
         script = rabbitmq_script()
         epmd = epmd_binary()
@@ -108,6 +109,7 @@ class RabbitMQServer(ServerProcess):
         self.password = password
         self.vhost = vhost
         self.tls = tls
+        self.config = config  # more rabbitmq.conf lines ("frame_max = 16384")
         self.node = f"mb-{name}-{secrets.token_hex(4)}@localhost"
         self.dist_port = free_port()
         self.epmd_port = free_port()
@@ -203,6 +205,7 @@ class RabbitMQServer(ServerProcess):
                 "ssl_options.verify = verify_none",
                 "ssl_options.fail_if_no_peer_cert = false",
             ]
+        lines += self.config
         (self.workdir / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
 
     def _argv(self, port: int) -> list[str]:

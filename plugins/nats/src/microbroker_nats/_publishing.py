@@ -60,6 +60,8 @@ from .options import NatsOptions
 
 logger = logging.getLogger("microbroker.nats")
 
+#: ``Capabilities.max_headers`` (the core's default, declared for the header block limit).
+MAX_HEADERS = 256
 #: Headers whose framing the declared size reserves room for.
 RESERVED_HEADERS = 64
 #: Characters of a JetStream message id (``Nats-Msg-Id``, a copy of ``Micro-ID``) reserved for.
@@ -71,6 +73,9 @@ _ENVELOPE_FRAMING = len(b'{"Header":{},"Body":""}')
 _ENVELOPE_PER_HEADER = len(b'"":"",')
 # Bodies this far below the limit (with few headers) cannot need more than the reserve.
 _NEAR = 64 * 1024
+#: The largest header block JetStream stores (nats-server refuses more: "header size
+#: exceeds maximum allowed of 64k"), whatever ``max_payload`` is.
+JETSTREAM_MAX_HEADER_BLOCK = 0xFFFF
 #: Seconds a JetStream publish waits for its acknowledgement before it is sent again
 #: (its id unchanged) within ``publish_timeout``: an acknowledgement lost with a node
 #: of a cluster never comes, though this client's connection stayed up.
@@ -108,6 +113,22 @@ def declared_size(max_payload: int, *, jetstream: bool, envelope: bool) -> int:
     if jetstream:
         room -= _MSG_ID_LINE
     return max(0, room)
+
+
+def declared_header_bytes(*, jetstream: bool, envelope: bool, max_headers: int) -> int | None:
+    """``max_header_bytes``: what the headers of every message fit into, or ``None`` for the
+    core's default.
+
+    JetStream stores a header block of at most :data:`JETSTREAM_MAX_HEADER_BLOCK`
+    bytes; the declared limit counts header names and values, so the framing of
+    ``max_headers`` headers and the ``Nats-Msg-Id`` line are taken off. With the
+    envelope the headers travel in the payload, where ``max_message_size`` bounds them.
+    """
+    if not jetstream or envelope:
+        return None
+    return (
+        JETSTREAM_MAX_HEADER_BLOCK - BLOCK_FRAMING - HEADER_FRAMING * max_headers - _MSG_ID_LINE
+    )
 
 
 class Publisher:
@@ -209,13 +230,31 @@ class Publisher:
             or len(send) > RESERVED_HEADERS
             or (msg_id is not None and len(msg_id) > RESERVED_MSG_ID)
         ):
-            size = len(body) + header_block_size(send)
+            block = header_block_size(send)
+            size = len(body) + block
             if size > self.max_payload:
                 raise self._too_large(topic, message, size)
+            if msg_id is not None and block > JETSTREAM_MAX_HEADER_BLOCK:
+                # A long Micro-ID travels twice (as itself and as Nats-Msg-Id).
+                raise self._too_large(topic, message, size, header_block=block)
         return body, send or None
 
-    def _too_large(self, topic: str, message: Message, wire: int) -> MessageTooLarge:
+    def _too_large(
+        self, topic: str, message: Message, wire: int, *, header_block: int | None = None
+    ) -> MessageTooLarge:
         size = len(message.body) + header_size(message.headers)
+        if header_block is not None:
+            headers = header_size(message.headers)
+            error = MessageTooLarge(
+                topic, headers, headers, "nats", limit_name="max_header_bytes"
+            )
+            error.args = (
+                f"the headers of the message on {topic!r} need a header block of "
+                f"{header_block} bytes with the Nats-Msg-Id copy of Micro-ID, more than "
+                f"JetStream stores ({JETSTREAM_MAX_HEADER_BLOCK}): send a shorter Micro-ID "
+                "or fewer headers",
+            )
+            return error
         error = MessageTooLarge(topic, size, self.limit, "nats")
         what = "in go-micro's envelope" if self.envelope else "with its NATS header block"
         error.args = (

@@ -25,7 +25,7 @@ from . import _connection
 from ._client import WRITE_DONE, WRITE_FALLBACK, WRITE_FORCE, FastClient
 from ._delivery import JetStreamDelivery, NatsDelivery
 from ._jetstream import Streams, durable_name
-from ._publishing import Publisher, declared_size
+from ._publishing import MAX_HEADERS, Publisher, declared_header_bytes, declared_size
 from ._subjects import WILDCARDS, check_pattern
 from ._subscribing import NatsSubscriber, Responder, serve, subscribe_core, subscribe_jetstream
 from .errors import StreamError
@@ -35,6 +35,9 @@ from .options import DEFAULT_ADDRESS, NatsOptions, parse_servers
 def capabilities(settings: NatsOptions, max_payload: int) -> Capabilities:
     """What a broker with ``settings`` promises, on a server with ``max_payload``."""
     jetstream = settings.jetstream
+    header_bytes = declared_header_bytes(
+        jetstream=jetstream, envelope=settings.uses_envelope, max_headers=MAX_HEADERS
+    )
     return Capabilities(
         queue_groups=True,
         ack=jetstream,
@@ -46,6 +49,8 @@ def capabilities(settings: NatsOptions, max_payload: int) -> Capabilities:
         max_message_size=declared_size(
             max_payload, jetstream=jetstream, envelope=settings.uses_envelope
         ),
+        max_headers=MAX_HEADERS,
+        **({} if header_bytes is None else {"max_header_bytes": header_bytes}),
     )
 
 
