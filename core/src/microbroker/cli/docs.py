@@ -325,15 +325,18 @@ def _serve(service: Service, doc: dict[str, Any], host: str, port: int) -> int:
     serving = threading.Thread(
         target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
     )
-    serving.start()
     try:
+        # Inside the try: on a busy machine the page may be served (and Ctrl-C pressed)
+        # before start() returns here.
+        serving.start()
         while not stopping and serving.is_alive():
             time.sleep(0.1)
     except KeyboardInterrupt:
         pass
     finally:
-        httpd.shutdown()
-        serving.join()
+        if serving.ident is not None:  # shutdown() waits for a serve_forever() to end
+            httpd.shutdown()
+            serving.join()
         httpd.server_close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
