@@ -100,6 +100,14 @@ def _kafka() -> Iterator[Callable[[], microbroker.Broker]]:
         yield lambda: microbroker.get_broker("kafka", address=server.address)
 
 
+@contextlib.contextmanager
+def _rabbitmq() -> Iterator[Callable[[], microbroker.Broker]]:
+    from support.rabbitmq_server import RabbitMQServer
+
+    with RabbitMQServer(name="soak-rabbitmq") as server:
+        yield lambda: microbroker.get_broker("rabbitmq", address=server.url)
+
+
 TRANSPORTS: dict[str, tuple[Callable[[], Any], bool]] = {
     # name: (the broker factory's context, whether delivery is at least once)
     "memory": (_memory, True),
@@ -108,6 +116,7 @@ TRANSPORTS: dict[str, tuple[Callable[[], Any], bool]] = {
     "jetstream": (lambda: _nats(True), True),
     "mqtt": (_mqtt, True),
     "kafka": (_kafka, True),
+    "rabbitmq": (_rabbitmq, True),
 }
 
 
