@@ -115,13 +115,13 @@ async def test_publishes_waiting_for_the_window_fail_when_the_broker_disconnects
             asyncio.create_task(broker.publish("t", microbroker.Message(b"y"))) for _ in range(6)
         ]
         await asyncio.sleep(0)
-        with caplog.at_level(logging.WARNING, logger="microbroker.mqtt"):
+        with caplog.at_level(logging.WARNING, logger="microbroker.broker.mqtt"):
             await broker.disconnect()
         results = await asyncio.gather(*waiting, return_exceptions=True)
     finally:
         server.resume()
     assert all(isinstance(r, microbroker.NotConnected) for r in results), results
-    warnings = [r.getMessage() for r in caplog.records if r.name == "microbroker.mqtt"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "microbroker.broker.mqtt"]
     assert any(
         "4 publish(es) still unacknowledged" in w and "drain_timeout=0.5s" in w for w in warnings
     ), warnings

@@ -133,7 +133,8 @@ async def test_a_micro_id_too_long_for_jetstreams_header_block_is_refused_before
     broker goes on."""
     async with NatsBroker(jetstream_server.url, jetstream=True) as broker:
         limit = broker.capabilities.max_header_bytes
-        assert limit is not None and limit < 0xFFFF
+        assert limit is not None
+        assert limit < 0xFFFF
         micro_id = "i" * (limit - len("Micro-ID"))
         message = microbroker.Message(b"x", {"Micro-ID": micro_id})
         with pytest.raises(microbroker.MessageTooLarge, match="Nats-Msg-Id") as caught:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import functools
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -10,7 +12,7 @@ from typing import Any, ClassVar, Self, TypeAlias
 
 from . import _plugins
 from ._delivery import Delivery, _Contract
-from ._dispatch import concurrently, dispatcher
+from ._dispatch import concurrently, dispatcher, logged
 from ._errors import InvalidHeader, MessageTooLarge, NotConnected
 from ._headers import checked_length, header_size
 from ._message import Message
@@ -128,6 +130,8 @@ class Broker(abc.ABC):
     capabilities: Capabilities = Capabilities()
     #: The address used when none is given (and ``MICRO_BROKER_ADDRESS`` is not set).
     default_address: ClassVar[str] = ""
+    # Whether "connected" was logged and "disconnected" not yet (see _logging_connection).
+    _told_connected: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -138,6 +142,22 @@ class Broker(abc.ABC):
                     f"{instead}() instead; {method}() checks its arguments and applies the "
                     "plugins' event hooks and the retry policy the same way for every broker"
                 )
+        # Every transport's connect and disconnect say so on the broker's logger (INFO).
+        for method in ("connect", "disconnect"):
+            own = cls.__dict__.get(method)
+            if own is not None and not getattr(own, "_microbroker_logged", False):
+                setattr(cls, method, _logging_connection(own))
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The broker's logger, ``microbroker.broker.<name>``.
+
+        The toolkit logs there at INFO when the broker connects, disconnects and
+        subscribes, and at DEBUG each delivery and its settlement (for
+        subscriptions made while DEBUG is on). A transport logs its own events
+        (a reconnect, a server's refusal) there too.
+        """
+        return logging.getLogger(f"microbroker.broker.{self.name}")
 
     def __init__(self, address: str | None = None, **options: Any) -> None:
         """``address`` (default :attr:`default_address`) and the broker's options."""
@@ -322,9 +342,19 @@ class Broker(abc.ABC):
             explicit=retry is not None,
         )
         deliver = dispatcher(handler, auto_ack, contract)
+        logger = self.logger
+        if logger.isEnabledFor(logging.DEBUG):
+            deliver = logged(deliver, logger)
         if max_concurrency > 1:
             deliver = concurrently(deliver, max_concurrency)
-        return await self.receive(topic, deliver, queue=queue, auto_ack=auto_ack, **options)
+        subscriber = await self.receive(topic, deliver, queue=queue, auto_ack=auto_ack, **options)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "subscribed to %r%s",
+                topic,
+                f" in queue group {queue!r}" if queue else "",
+            )
+        return subscriber
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -343,3 +373,26 @@ class Broker(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} address={self._address!r}>"
+
+
+def _logging_connection(
+    method: Callable[[Broker], Awaitable[None]],
+) -> Callable[[Broker], Awaitable[None]]:
+    """A transport's ``connect`` or ``disconnect`` that logs the change (once: a subclass
+    calling its parent's logs nothing twice)."""
+    connecting = method.__name__ == "connect"
+
+    @functools.wraps(method)
+    async def wrapper(self: Broker) -> None:
+        await method(self)
+        told = self._told_connected
+        connected = self.connected
+        if connected and not told:
+            self._told_connected = True
+            self.logger.info("connected to %s", self.address or "(in-process)")
+        elif told and not connected and not connecting:
+            self._told_connected = False
+            self.logger.info("disconnected from %s", self.address or "(in-process)")
+
+    wrapper._microbroker_logged = True  # type: ignore[attr-defined]
+    return wrapper

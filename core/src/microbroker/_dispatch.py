@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 
-from ._delivery import Delivery, _Contract
+from ._delivery import Delivery, Settlement, _Contract
 from ._errors import DecodeError
 from ._plugins import report_error
 
@@ -106,6 +107,34 @@ def concurrently(deliver: Handler, limit: int) -> Handler:
     return hand_off
 
 
+def logged(deliver: Handler, logger: logging.Logger) -> Handler:
+    """``deliver`` with a DEBUG line for each delivery and for how it ended.
+
+    ``Broker.subscribe`` wraps a subscription in it only when DEBUG is on for
+    the broker's logger as it subscribes, so that it costs nothing when off.
+    """
+
+    async def deliver_logged(delivery: Delivery) -> None:
+        logger.debug(
+            "delivery on %r%s: attempt %d, %d bytes",
+            delivery.topic,
+            f" (queue {delivery.queue!r})" if delivery.queue else "",
+            delivery.attempt,
+            len(delivery.message.body),
+        )
+        try:
+            await deliver(delivery)
+        finally:
+            logger.debug(
+                "delivery on %r, attempt %d: %s",
+                delivery.topic,
+                delivery.attempt,
+                Settlement(delivery._state).name.lower(),
+            )
+
+    return deliver_logged
+
+
 async def settle_failure(error: Exception, delivery: Delivery) -> None:
     """What the dispatcher does when a handler raises: report, then retry or give up."""
     report_error(error, delivery)
@@ -118,4 +147,4 @@ async def settle_failure(error: Exception, delivery: Delivery) -> None:
     await contract.failed(delivery, error)
 
 
-__all__ = ["Handler", "concurrently", "dispatcher", "settle_failure"]
+__all__ = ["Handler", "concurrently", "dispatcher", "logged", "settle_failure"]

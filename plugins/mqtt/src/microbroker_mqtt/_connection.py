@@ -20,7 +20,7 @@ from gmqtt.mqtt.handler import MQTTConnectError  # type: ignore[import-untyped]
 from .errors import MqttAuthError, MqttConnectError
 from .options import MqttOptions
 
-logger = logging.getLogger("microbroker.mqtt")
+logger = logging.getLogger("microbroker.broker.mqtt")
 
 # CONNACK reason codes that mean "wrong credentials" (MQTT 3.1.1 and MQTT 5).
 _AUTH_CODES = {4, 5, 0x86, 0x87, 0x8C}

@@ -22,7 +22,7 @@ from microbroker import InvalidTopic, Message, NotConnected, PublishError
 from ._envelope import encoded_topic, envelope, user_properties, vbi, vbi_size
 from .options import MqttOptions, check_qos
 
-logger = logging.getLogger("microbroker.mqtt")
+logger = logging.getLogger("microbroker.broker.mqtt")
 
 #: Packet ids left for SUBSCRIBE/UNSUBSCRIBE when publishes fill the server's window.
 CONTROL_IDS = 4

@@ -42,7 +42,7 @@ from gmqtt.mqtt.package import Package  # type: ignore[import-untyped]
 
 from .errors import MqttError
 
-logger = logging.getLogger("microbroker.mqtt")
+logger = logging.getLogger("microbroker.broker.mqtt")
 
 _PUBLISH = 0x30
 _PUBACK = 0x40

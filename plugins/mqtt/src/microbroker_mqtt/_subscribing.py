@@ -32,7 +32,7 @@ from .options import MqttOptions
 if TYPE_CHECKING:
     from .broker import MqttBroker
 
-logger = logging.getLogger("microbroker.mqtt")
+logger = logging.getLogger("microbroker.broker.mqtt")
 
 WILDCARDS = Wildcards(
     separator="/", one="+", many="#", many_matches_zero=True

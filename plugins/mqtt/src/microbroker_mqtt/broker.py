@@ -38,7 +38,7 @@ from ._receiving import install_reader, install_receive_route
 from ._subscribing import WILDCARDS, MqttSubscriber, Subscriptions, check_filter
 from .options import DEFAULT_ADDRESS, MqttOptions, check_qos, parse_address
 
-logger = logging.getLogger("microbroker.mqtt")
+logger = logging.getLogger("microbroker.broker.mqtt")
 
 _PUBLISH_OPTIONS = frozenset({"qos", "retain", "confirm"})
 

@@ -126,9 +126,7 @@ def declared_header_bytes(*, jetstream: bool, envelope: bool, max_headers: int) 
     """
     if not jetstream or envelope:
         return None
-    return (
-        JETSTREAM_MAX_HEADER_BLOCK - BLOCK_FRAMING - HEADER_FRAMING * max_headers - _MSG_ID_LINE
-    )
+    return JETSTREAM_MAX_HEADER_BLOCK - BLOCK_FRAMING - HEADER_FRAMING * max_headers - _MSG_ID_LINE
 
 
 class Publisher:
@@ -245,9 +243,7 @@ class Publisher:
         size = len(message.body) + header_size(message.headers)
         if header_block is not None:
             headers = header_size(message.headers)
-            error = MessageTooLarge(
-                topic, headers, headers, "nats", limit_name="max_header_bytes"
-            )
+            error = MessageTooLarge(topic, headers, headers, "nats", limit_name="max_header_bytes")
             error.args = (
                 f"the headers of the message on {topic!r} need a header block of "
                 f"{header_block} bytes with the Nats-Msg-Id copy of Micro-ID, more than "

@@ -26,7 +26,7 @@ from microbroker.transport import NotConnected, backoff, report_error
 
 from .options import Endpoint, RabbitMQOptions
 
-logger = logging.getLogger("microbroker.rabbitmq")
+logger = logging.getLogger("microbroker.broker.rabbitmq")
 
 Reconnected = Callable[[aiormq.abc.AbstractConnection], Awaitable[None]]
 

@@ -32,7 +32,7 @@ from ._publishing import Publisher
 from ._topology import TOPIC, declare_broadcast_queue, declare_group_queue
 from .options import RabbitMQOptions
 
-logger = logging.getLogger("microbroker.rabbitmq")
+logger = logging.getLogger("microbroker.broker.rabbitmq")
 
 Settle = Literal["ack", "reject", "requeue"]
 

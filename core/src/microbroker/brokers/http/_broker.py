@@ -44,7 +44,7 @@ from ._listen import Listener, default_max_connections
 from ._reports import Tally, Throttled
 from ._server import Budget, HttpSubscriber, make_app
 
-logger = logging.getLogger("microbroker.http")
+logger = logging.getLogger("microbroker.broker.http")
 
 _DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
 _BATCH_BYTES = 1024 * 1024

@@ -36,7 +36,7 @@ from typing import Any
 
 from ._reports import Throttled
 
-logger = logging.getLogger("microbroker.http")
+logger = logging.getLogger("microbroker.broker.http")
 
 DEFAULT_MAX_CONNECTIONS = 1024
 """The bound on open connections unless the open-file limit is lower (then half of it)."""
