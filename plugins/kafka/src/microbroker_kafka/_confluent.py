@@ -29,12 +29,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
-import confluent_kafka  # type: ignore[import-untyped]
+import confluent_kafka
 from aiokafka import TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError as AioKafkaError  # type: ignore[import-untyped]
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[import-untyped]
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from .errors import KafkaConnectError
 from .options import KafkaOptions
@@ -446,7 +446,7 @@ class ConfluentProducer:
                 value,
                 key,
                 partition=-1 if partition is None else partition,
-                headers=headers,
+                headers=cast(Any, headers),  # list is invariant: pairs of str and bytes
                 on_delivery=report,
             )
         except confluent_kafka.KafkaException as exc:
