@@ -93,6 +93,28 @@ def simple_table(rows: list[dict[str, Any]], section: str, title: str, note: str
     return [*lines, ""]
 
 
+def _confluent_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list[str]:
+    """microbroker-kafka on librdkafka (client="confluent") against both raw clients."""
+    lines = []
+    for other, label, goal in (
+        ("raw", "raw aiokafka", 2.0),
+        ("raw-confluent", "raw confluent-kafka", 0.8),
+    ):
+        found = {
+            (shape, size): v["microbroker-confluent"] / v[other]
+            for (t, shape, size), v in tp.items()
+            if t == "kafka"
+            and size in ("128B", "1KiB")
+            and other in v
+            and "microbroker-confluent" in v
+        }
+        if found:
+            each = ", ".join(f"{shape} {size} {x:.2f}x" for (shape, size), x in found.items())
+            met = "yes" if min(found.values()) >= goal else "no"
+            lines.append(f"| kafka: Event API on confluent >= {goal}x {label} | {each} | {met} |")
+    return lines
+
+
 def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, each with the ratio measured in this run."""
     tp: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
@@ -123,6 +145,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
                 f"min {min(fs):.2f}x, median {sorted(fs)[len(fs) // 2]:.2f}x | "
                 f"{'yes' if min(fs) >= 5 else 'no'} |"
             )
+    lines += _confluent_targets(tp)
     naive: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
         if r["section"] == "http-naive":

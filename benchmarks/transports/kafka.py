@@ -11,6 +11,9 @@ the earliest offset of a fresh topic.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import importlib.util
 import uuid
 from contextlib import AbstractContextManager
 from typing import Any
@@ -80,6 +83,85 @@ class RawKafka(Variant):
         await self.producer.stop()
 
 
+class RawConfluent(Variant):
+    """librdkafka through confluent-kafka, as a user of it writes it without microbroker.
+
+    ``produce()`` only queues in C (``poll(0)`` every thousand records serves the
+    delivery reports); each consumer's ``consume()`` runs in a thread of its own.
+    """
+
+    kind = "raw-confluent"
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def open(self) -> None:
+        import confluent_kafka
+
+        self.ck = confluent_kafka
+        self.producer = confluent_kafka.Producer(
+            {"bootstrap.servers": self.address, "linger.ms": 5}
+        )
+        self.consumers: list[Any] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
+        self.sent = 0
+
+    async def subscribe(self, topic: str, queue: str | None, hit: Hit) -> None:
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.admin import NewTopic as CkNewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.address})
+        futures = admin.create_topics([CkNewTopic(topic, PARTITIONS, 1)])
+        with contextlib.suppress(self.ck.KafkaException):
+            await asyncio.wrap_future(futures[topic])
+        consumer = self.ck.Consumer(
+            {
+                "bootstrap.servers": self.address,
+                "group.id": queue or f"raw-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 100,
+            }
+        )
+        consumer.subscribe([topic])
+        self.consumers.append(consumer)
+        thread = concurrent.futures.ThreadPoolExecutor(1)
+        loop = asyncio.get_running_loop()
+
+        async def pump() -> None:
+            while not self.stopping:
+                records = await loop.run_in_executor(thread, consumer.consume, 1000, 0.05)
+                for record in records:
+                    if record.error() is None:
+                        hit()
+
+        self.tasks.append(asyncio.create_task(pump()))
+
+    def publisher(self, topic: str, body: bytes) -> Publish:
+        produce, poll = self.producer.produce, self.producer.poll
+
+        async def publish() -> None:
+            while True:
+                try:
+                    produce(topic, body)
+                    break
+                except BufferError:  # librdkafka's queue is full: let it drain
+                    poll(0)
+                    await asyncio.sleep(0.001)
+            self.sent += 1
+            if self.sent % 1000 == 0:
+                poll(0)
+
+        return publish
+
+    async def close(self) -> None:
+        self.stopping = True
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.to_thread(self.producer.flush, 10)
+        for consumer in self.consumers:
+            await asyncio.to_thread(consumer.close)
+
+
 def _server() -> AbstractContextManager[Any]:
     from support.kafka_server import KafkaServer
 
@@ -101,21 +183,31 @@ def _faststream(address: str) -> FastStreamVariant:
 
 
 def transport() -> Transport:
-    def micro(server: Any) -> Variant:
+    def micro(server: Any, client: str = "aiokafka") -> Variant:
         address = server.address
         return MicrobrokerVariant(
             lambda: KafkaBroker(
-                address, confirm=False, offset_reset="earliest", partitions=PARTITIONS
+                address,
+                confirm=False,
+                offset_reset="earliest",
+                partitions=PARTITIONS,
+                client=client,
             )
         )
 
+    variants: dict[str, Any] = {
+        "raw": lambda server: RawKafka(server.address),
+        "microbroker": micro,
+        "faststream": lambda server: _faststream(server.address),
+    }
+    if importlib.util.find_spec("confluent_kafka") is not None:
+        # microbroker on librdkafka (client="confluent") against raw confluent-kafka.
+        variants["raw-confluent"] = lambda server: RawConfluent(server.address)
+        variants["microbroker-confluent"] = lambda server: micro(server, "confluent")
+
     return Transport(
         "kafka",
-        {
-            "raw": lambda server: RawKafka(server.address),
-            "microbroker": micro,
-            "faststream": lambda server: _faststream(server.address),
-        },
+        variants,
         _server,
         [
             "no publish waits for its acknowledgement; every subscriber reads from the earliest"

@@ -18,6 +18,16 @@ def no_kafka_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+#: The clients a test taking ``kafka_client`` runs on: aiokafka and librdkafka (confluent-kafka).
+CLIENTS = ("aiokafka", "confluent")
+
+
+@pytest.fixture(params=CLIENTS)
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The kafka client (option ``client``): a test taking it runs once per client."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
 def kafka_server() -> Iterator[KafkaServer]:
     """A tansu server shared by the session (tests that kill it use ``new_kafka_server``)."""

@@ -1,6 +1,6 @@
 """A group member run as its own process, to be killed mid-batch by test_kafka_broker.
 
-Usage: python crash_consumer.py ADDRESS TOPIC GROUP OUTFILE. Every message it
+Usage: python crash_consumer.py ADDRESS TOPIC GROUP OUTFILE CLIENT. Every message it
 handles is appended to OUTFILE (flushed) before the handler returns.
 """
 
@@ -15,9 +15,9 @@ from microbroker import Delivery
 from microbroker_kafka import KafkaBroker
 
 
-async def main(address: str, topic: str, group: str, outfile: str) -> None:
+async def main(address: str, topic: str, group: str, outfile: str, client: str) -> None:
     out = open(outfile, "a", buffering=1)  # noqa: SIM115, ASYNC230 - kept until the kill
-    broker = KafkaBroker(address, **{**FAST, "partitions": 2})
+    broker = KafkaBroker(address, client=client, **{**FAST, "partitions": 2})
     await broker.connect()
 
     async def handler(delivery: Delivery) -> None:
@@ -30,4 +30,4 @@ async def main(address: str, topic: str, group: str, outfile: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:5]))
+    asyncio.run(main(*sys.argv[1:6]))

@@ -50,7 +50,9 @@ def test_malformed_address_and_unknown_option_fail_clearly() -> None:
         KafkaBroker("127.0.0.1:9092", lingr=0.1)
 
 
-async def test_two_members_of_a_group_split_the_partitions(kafka_server: KafkaServer) -> None:
+async def test_two_members_of_a_group_split_the_partitions(
+    kafka_server: KafkaServer, kafka_client: str
+) -> None:
     t = topic()
     got: dict[str, list[KafkaDelivery]] = {"a": [], "b": []}
     brokers = [KafkaBroker(kafka_server.address, **{**FAST, "partitions": 4}) for _ in range(3)]
@@ -136,14 +138,14 @@ async def test_batching_producer_flushes_on_disconnect(kafka_server: KafkaServer
 
 @pytest.mark.parametrize("how", ["nack", "raise"])
 async def test_committed_offset_never_passes_an_unacked_message(
-    kafka_server: KafkaServer, how: str
+    kafka_server: KafkaServer, kafka_client: str, how: str
 ) -> None:
     """go-micro's kafka plugin commits past a failed message and loses it; this one must not."""
     t, group = topic(), f"g-{uuid.uuid4().hex[:8]}"
     first: list[bytes] = []
     async with (
-        KafkaBroker(kafka_server.address, **FAST) as pub,
-        KafkaBroker(kafka_server.address, **FAST) as sub,
+        KafkaBroker(kafka_server.address, client=kafka_client, **FAST) as pub,
+        KafkaBroker(kafka_server.address, client=kafka_client, **FAST) as sub,
     ):
 
         async def failing(delivery: Delivery) -> None:
@@ -182,12 +184,13 @@ async def test_committed_offset_never_passes_an_unacked_message(
 
 async def test_manual_ack_out_of_order_commits_only_the_acked_prefix(
     kafka_server: KafkaServer,
+    kafka_client: str,
 ) -> None:
     t, group = topic(), f"g-{uuid.uuid4().hex[:8]}"
     held: list[Delivery] = []
     async with (
-        KafkaBroker(kafka_server.address, **FAST) as pub,
-        KafkaBroker(kafka_server.address, **FAST) as sub,
+        KafkaBroker(kafka_server.address, client=kafka_client, **FAST) as pub,
+        KafkaBroker(kafka_server.address, client=kafka_client, **FAST) as sub,
     ):
 
         async def keep(delivery: Delivery) -> None:
@@ -207,7 +210,7 @@ async def test_manual_ack_out_of_order_commits_only_the_acked_prefix(
 
 
 async def test_a_member_killed_mid_batch_loses_nothing(
-    kafka_server: KafkaServer, tmp_path: Path
+    kafka_server: KafkaServer, kafka_client: str, tmp_path: Path
 ) -> None:
     """A group member is SIGKILLed while handling; the group's next member gets the rest."""
     t, group = topic(), f"g-{uuid.uuid4().hex[:8]}"
@@ -215,7 +218,15 @@ async def test_a_member_killed_mid_batch_loses_nothing(
     out.touch()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
     child = subprocess.Popen(  # noqa: ASYNC220 - a child to SIGKILL, waited on in a thread
-        [sys.executable, str(HERE / "crash_consumer.py"), kafka_server.address, t, group, str(out)],
+        [
+            sys.executable,
+            str(HERE / "crash_consumer.py"),
+            kafka_server.address,
+            t,
+            group,
+            str(out),
+            kafka_client,
+        ],
         stdout=subprocess.PIPE,
         env=env,
     )
@@ -224,7 +235,9 @@ async def test_a_member_killed_mid_batch_loses_nothing(
         line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
         assert line.strip() == b"subscribed", line
         total = 500
-        async with KafkaBroker(kafka_server.address, **{**FAST, "partitions": 2}) as pub:
+        async with KafkaBroker(
+            kafka_server.address, client=kafka_client, **{**FAST, "partitions": 2}
+        ) as pub:
             for n in range(total):
                 await pub.publish(t, Message(str(n).encode()), key=str(n))
 
@@ -242,7 +255,9 @@ async def test_a_member_killed_mid_batch_loses_nothing(
             async def handler(delivery: Delivery) -> None:
                 taken.append(delivery.message.body.decode())
 
-            async with KafkaBroker(kafka_server.address, **{**FAST, "partitions": 2}) as heir:
+            async with KafkaBroker(
+                kafka_server.address, client=kafka_client, **{**FAST, "partitions": 2}
+            ) as heir:
                 await heir.subscribe(t, handler, queue=group)
                 expected = {str(n) for n in range(total)}
                 try:

@@ -1,7 +1,8 @@
 """The conformance suite against a real Kafka-protocol server (tansu), with the default options.
 
-No option is tuned for the tests: ``KafkaBroker(address)`` as a user makes it
-(offset_reset "latest", 1 s heartbeats, 10 s session and rebalance timeouts,
+Every class runs once per client (``client="aiokafka"``, the default, and
+``client="confluent"``). No option is tuned for the tests: ``KafkaBroker(address)``
+as a user makes it (offset_reset "latest", 1 s heartbeats, 10 s session and rebalance timeouts,
 topics of ``DEFAULT_PARTITIONS`` partitions). Only the suite's waits are longer
 than its defaults, for Kafka's group rebalances on a small shared machine.
 """
@@ -31,17 +32,17 @@ class TestKafkaDefaults(_KafkaWaits):
     """
 
     @pytest.fixture
-    def broker_factory(self, kafka_server: KafkaServer) -> BrokerFactory:
+    def broker_factory(self, kafka_server: KafkaServer, kafka_client: str) -> BrokerFactory:
         assert DEFAULT_PARTITIONS > 1
-        return lambda: KafkaBroker(kafka_server.address)
+        return lambda: KafkaBroker(kafka_server.address, client=kafka_client)
 
 
 class TestKafkaOnePartition(_KafkaWaits):
     """``partitions=1``, the one option that changes what is promised: publish order kept."""
 
     @pytest.fixture
-    def broker_factory(self, kafka_server: KafkaServer) -> BrokerFactory:
-        return lambda: KafkaBroker(kafka_server.address, partitions=1)
+    def broker_factory(self, kafka_server: KafkaServer, kafka_client: str) -> BrokerFactory:
+        return lambda: KafkaBroker(kafka_server.address, partitions=1, client=kafka_client)
 
 
 #: The cases TestKafkaDurableRestart runs; the rest of the suite runs in the classes above.
@@ -57,8 +58,8 @@ class TestKafkaDurableRestart(_KafkaWaits):
     """
 
     @pytest.fixture
-    def broker_factory(self, durable_kafka_server: KafkaServer) -> BrokerFactory:
-        return lambda: KafkaBroker(durable_kafka_server.address)
+    def broker_factory(self, durable_kafka_server: KafkaServer, kafka_client: str) -> BrokerFactory:
+        return lambda: KafkaBroker(durable_kafka_server.address, client=kafka_client)
 
     @pytest.fixture
     def restart_server(self, durable_kafka_server: KafkaServer) -> RestartServer:

@@ -77,7 +77,7 @@ async def test_a_stalled_server_loses_nothing(
 
 
 async def test_a_killed_and_restarted_server_loses_nothing_confirmed_after_it(
-    new_kafka_server: Callable[..., KafkaServer],
+    new_kafka_server: Callable[..., KafkaServer], kafka_client: str
 ) -> None:
     server = new_kafka_server(name="tansu-kill")
     topic, group = f"faults.{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
@@ -85,8 +85,8 @@ async def test_a_killed_and_restarted_server_loses_nothing_confirmed_after_it(
     confirmed_after: set[bytes] = set()
     restarted = False
     async with (
-        KafkaBroker(server.address, request_timeout=5.0, **FAST) as pub,
-        KafkaBroker(server.address, request_timeout=5.0, **FAST) as sub,
+        KafkaBroker(server.address, request_timeout=5.0, client=kafka_client, **FAST) as pub,
+        KafkaBroker(server.address, request_timeout=5.0, client=kafka_client, **FAST) as sub,
     ):
 
         async def handler(delivery: Delivery) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from microbroker_kafka.options import OPTION_NAMES
 #: For every option: a value for its variable, and what the option then is. Each
 #: differs from the option's default, so that reading the variable shows.
 FROM_ENV: dict[str, tuple[str, Any]] = {
+    "client": ("Confluent", "confluent"),
     "client_id": ("svc-7", "svc-7"),
     "linger": ("0.02", 0.02),
     "batch_size": ("32768", 32768),
@@ -70,6 +72,35 @@ def test_every_option_is_read_from_its_variable() -> None:
     for name, (_, expected) in FROM_ENV.items():
         assert getattr(options, name) == expected, name
         assert getattr(options, name) != getattr(KafkaOptions(), name), name
+
+
+def test_an_unknown_client_and_a_tls_context_for_librdkafka_fail_clearly() -> None:
+    with pytest.raises(ValueError, match=r"MICRO_KAFKA_CLIENT='kafka-python' is not one of"):
+        KafkaOptions.from_arguments({}, env(client="kafka-python"))
+    with pytest.raises(ValueError, match="cannot be handed to librdkafka"):
+        KafkaBroker("127.0.0.1:9092", client="confluent", tls=ssl.create_default_context())
+
+
+async def test_micro_kafka_client_puts_a_service_on_librdkafka(
+    kafka_server: KafkaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service configured only by its environment runs on confluent-kafka, end to end."""
+    monkeypatch.setenv("MICRO_KAFKA_CLIENT", "confluent")
+    t, group = f"env.{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    got: list[bytes] = []
+    async with KafkaBroker(kafka_server.address, **FAST) as broker:
+        assert broker.settings.client == "confluent"
+        await broker.subscribe(t, lambda d: _append(got, d), queue=group)
+        # librdkafka's producer reports deliveries in a thread the adapter starts.
+        assert any(th.name == "rdkafka-producer" for th in threading.enumerate())
+        for n in range(5):
+            await broker.publish(t, Message(str(n).encode()))
+        await eventually(lambda: len(got) >= 5, 30, "delivery over librdkafka")
+    assert got == [str(n).encode() for n in range(5)]
+
+
+async def _append(into: list[bytes], delivery: Delivery) -> None:
+    into.append(delivery.message.body)
 
 
 def test_micro_kafka_tls_turns_tls_on_with_the_systems_cas() -> None:

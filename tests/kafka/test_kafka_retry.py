@@ -24,7 +24,7 @@ BEFORE, AFTER = 2000, 1000
 
 
 async def test_a_poison_message_is_given_up_and_a_restarted_member_starts_after_it(
-    kafka_server: KafkaServer,
+    kafka_server: KafkaServer, kafka_client: str
 ) -> None:
     """One partition: 2,000 good records, a poison one, 1,000 good ones, for one group member.
 
@@ -48,7 +48,7 @@ async def test_a_poison_message_is_given_up_and_a_restarted_member_starts_after_
 
     # offset_reset="earliest" (FAST): a member that found no commit past the handled
     # records would read all 3,001 again, so the restart below would show it.
-    options = {**FAST, "partitions": 1}
+    options = {**FAST, "partitions": 1, "client": kafka_client}
     with ErrorCatcher() as errors:
         async with KafkaBroker(kafka_server.address, **options) as pub:
             sub = KafkaBroker(kafka_server.address, **options)

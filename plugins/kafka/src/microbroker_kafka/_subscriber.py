@@ -142,7 +142,13 @@ class KafkaSubscriber(Subscriber):
                 ),
                 partition_assignment_strategy=(GroupAssignor.for_group(self.queue),),
             )
-        consumer = AIOKafkaConsumer(**kwargs)
+        consumer: Any
+        if s.client == "confluent":
+            from ._confluent import ConfluentConsumer  # the extra: imported only when chosen
+
+            consumer = ConfluentConsumer(s, self.queue)
+        else:
+            consumer = AIOKafkaConsumer(**kwargs)
         self._consumer = consumer
         try:
             await consumer.start()

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import re
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
@@ -39,6 +39,9 @@ from microbroker.transport import (
 )
 
 from ._connection import start_clients
+
+if TYPE_CHECKING:
+    from ._confluent import ConfluentProducer
 from ._delivery import KafkaDelivery
 from ._producing import Batcher
 from ._subscriber import KafkaSubscriber
@@ -100,6 +103,9 @@ class KafkaBroker(Broker):
         self._producer: AIOKafkaProducer | None = None
         self._batcher: Batcher | None = None
         self._admin: AIOKafkaAdminClient | None = None
+        # client="confluent": librdkafka's producer and admin client instead.
+        self._rd_producer: ConfluentProducer | None = None
+        self._rd_admin: Any = None
         self._topics: set[str] = set()
         self._creating: dict[str, asyncio.Future[None]] = {}
         self._subscribers: set[KafkaSubscriber] = set()
@@ -112,9 +118,14 @@ class KafkaBroker(Broker):
     async def connect(self) -> None:
         if self._connected:
             return
-        producer, admin = await start_clients(self.settings, self._tls)
-        self._producer, self._admin = producer, admin
-        self._batcher = Batcher(producer, self.settings)
+        if self.settings.client == "confluent":
+            from ._confluent import start_confluent  # the extra: imported only when chosen
+
+            self._rd_producer, self._rd_admin = await start_confluent(self.settings)
+        else:
+            producer, admin = await start_clients(self.settings, self._tls)
+            self._producer, self._admin = producer, admin
+            self._batcher = Batcher(producer, self.settings)
         self._connected = True
 
     async def disconnect(self) -> None:
@@ -127,19 +138,21 @@ class KafkaBroker(Broker):
         producer, self._producer = self._producer, None
         batcher, self._batcher = self._batcher, None
         admin, self._admin = self._admin, None
+        rd_producer, self._rd_producer = self._rd_producer, None
+        self._rd_admin = None
         drain = self.settings.drain_timeout
+        if rd_producer is not None:
+            try:
+                await asyncio.wait_for(rd_producer.flush(), drain)
+            except TimeoutError:
+                self._warn_unconfirmed(drain)
+            await rd_producer.close()
         if producer is not None and batcher is not None:
             try:
                 # What confirm=False publishes left buffered or in flight.
                 await asyncio.wait_for(_flush(batcher, producer), drain)
             except TimeoutError:
-                logger.warning(
-                    "kafka: published records were still unconfirmed by %s after "
-                    "drain_timeout=%ss; disconnecting drops those not yet stored "
-                    "(publish with confirm=True to know)",
-                    ",".join(self.settings.bootstrap_servers),
-                    drain,
-                )
+                self._warn_unconfirmed(drain)
             except Exception as exc:
                 logger.debug("kafka: flushing the producer: %s", exc)
             batcher.close()
@@ -148,6 +161,15 @@ class KafkaBroker(Broker):
         if admin is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(admin.close(), drain)
+
+    def _warn_unconfirmed(self, drain: float) -> None:
+        logger.warning(
+            "kafka: published records were still unconfirmed by %s after "
+            "drain_timeout=%ss; disconnecting drops those not yet stored "
+            "(publish with confirm=True to know)",
+            ",".join(self.settings.bootstrap_servers),
+            drain,
+        )
 
     def _forget(self, sub: KafkaSubscriber) -> None:
         self._subscribers.discard(sub)
@@ -158,7 +180,7 @@ class KafkaBroker(Broker):
         """Create ``topic`` (with ``partitions``) unless it exists; once per topic and broker."""
         if topic in self._topics:
             return
-        admin = self._admin
+        admin = self._admin if self._rd_producer is None else self._rd_admin
         if admin is None:  # auto_create_topics=False: the topic is the operator's to make
             self._topics.add(topic)
             return
@@ -170,8 +192,13 @@ class KafkaBroker(Broker):
         self._creating[topic] = future
         try:
             s = self.settings
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(topic, s.partitions, s.replication_factor)])
+            if self._rd_producer is not None:
+                from ._confluent import create_topic
+
+                await create_topic(admin, topic, s.partitions, s.replication_factor)
+            else:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([NewTopic(topic, s.partitions, s.replication_factor)])
             self._topics.add(topic)
             future.set_result(None)
         except BaseException as exc:
@@ -184,8 +211,12 @@ class KafkaBroker(Broker):
     async def _partitions_of(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.join_timeout
+        # aiokafka's metadata refresh is its client's; ConfluentConsumer has it itself.
+        refresh = getattr(consumer, "force_metadata_update", None) or (
+            consumer._client.force_metadata_update
+        )
         while True:
-            await consumer._client.force_metadata_update()
+            await refresh()
             partitions = consumer.partitions_for_topic(topic)
             if partitions:
                 return sorted(partitions)
@@ -225,6 +256,24 @@ class KafkaBroker(Broker):
                 await self._ensure_topic(topic)
             except AioKafkaError as exc:
                 raise PublishError(f"kafka topic {topic!r} could not be created: {exc}") from exc
+        rd_producer = self._rd_producer
+        if rd_producer is not None:
+            confirm = self.settings.confirm
+            try:
+                try:
+                    future = rd_producer.produce(
+                        topic, value, key, partition, record_headers, confirm
+                    )
+                except BufferError:
+                    future = await rd_producer.produce_later(
+                        topic, value, key, partition, record_headers, confirm
+                    )
+                if future is not None:
+                    await future
+            except AioKafkaError as exc:
+                self._topics.discard(topic)
+                raise PublishError(f"kafka publish to {topic!r} failed: {exc}") from exc
+            return
         producer, batcher = self._producer, self._batcher
         if producer is None or batcher is None:
             raise NotConnected("kafka broker is not connected: call connect() first")

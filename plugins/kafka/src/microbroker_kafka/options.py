@@ -22,6 +22,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 OffsetReset = Literal["latest", "earliest"]
 Compression = Literal["gzip", "snappy", "lz4", "zstd"]
 Acks = Literal[0, 1, "all"]
+Client = Literal["aiokafka", "confluent"]
 
 ENV_PREFIX = "MICRO_KAFKA_"
 DEFAULT_PARTITIONS = 4
@@ -39,6 +40,7 @@ batches further (one per partition).
 
 _SASL_MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 _COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+_CLIENTS: tuple[str, ...] = get_args(Client)
 _SCHEMES = ("kafka://", "tcp://", "plaintext://", "ssl://", "sasl_ssl://", "sasl_plaintext://")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -77,6 +79,9 @@ class KafkaOptions:
 
     bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
     """From the broker's address (``MICRO_BROKER_ADDRESS``), not an option of its own."""
+    client: Client = "aiokafka"
+    """The Kafka client underneath: ``"aiokafka"``, or ``"confluent"`` (librdkafka, through
+    confluent-kafka: ``pip install microbroker-kafka[confluent]``)."""
     client_id: str = "microbroker"
     # Producer.
     linger: float = 0.005
@@ -146,6 +151,15 @@ class KafkaOptions:
             raise ValueError(
                 f"kafka option heartbeat_interval ({self.heartbeat_interval}) must be below "
                 f"session_timeout ({self.session_timeout})"
+            )
+        if self.client not in _CLIENTS:
+            raise ValueError(
+                f"kafka option client is one of {', '.join(_CLIENTS)}, not {self.client!r}"
+            )
+        if self.client == "confluent" and self.tls is not None:
+            raise ValueError(
+                "kafka option tls (an SSLContext) cannot be handed to librdkafka: with "
+                "client='confluent' give tls_ca_file (and tls_cert_file, tls_key_file)"
             )
         if self.acks not in (0, 1, "all"):
             raise ValueError(f"kafka option acks is 0, 1 or 'all', not {self.acks!r}")
@@ -304,6 +318,64 @@ class KafkaOptions:
             "max_partition_fetch_bytes": max(self.max_request_size, 1024 * 1024),
         }
 
+    # librdkafka (client="confluent"). -------------------------------------------------
+
+    def librdkafka_common(self) -> dict[str, Any]:
+        """librdkafka properties every confluent-kafka client takes (times in ms, as it wants)."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": ",".join(self.bootstrap_servers),
+            "client.id": self.client_id,
+            "socket.timeout.ms": int(self.request_timeout * 1000),
+            "topic.metadata.refresh.interval.ms": int(self.metadata_refresh * 1000),
+            "security.protocol": self.security_protocol,
+            "retry.backoff.ms": 50,
+        }
+        if self.tls_ca_file:
+            config["ssl.ca.location"] = self.tls_ca_file
+        if self.tls_cert_file and self.tls_key_file:
+            config["ssl.certificate.location"] = self.tls_cert_file
+            config["ssl.key.location"] = self.tls_key_file
+        if self.sasl_mechanism is not None:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password
+        return config
+
+    def librdkafka_producer(self) -> dict[str, Any]:
+        """librdkafka properties of the producer."""
+        return {
+            **self.librdkafka_common(),
+            "acks": "all" if self.acks == "all" else self.acks,
+            "linger.ms": self.linger * 1000,
+            "batch.size": self.batch_size,
+            "message.max.bytes": self.max_request_size,
+            "compression.type": self.compression or "none",
+            # Retried within request_timeout, as aiokafka's request timeout bounds a send.
+            "message.timeout.ms": max(int(self.request_timeout * 1000), 1000),
+        }
+
+    def librdkafka_consumer(self, group: str | None) -> dict[str, Any]:
+        """librdkafka properties of a consumer (``group``: its queue group, if any)."""
+        config: dict[str, Any] = {
+            **self.librdkafka_common(),
+            # A consumer without a queue assigns itself its partitions and commits nothing;
+            # librdkafka wants a group id all the same.
+            "group.id": group or f"{self.client_id}-unused",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": self.offset_reset,
+            "session.timeout.ms": int(self.session_timeout * 1000),
+            "heartbeat.interval.ms": int(self.heartbeat_interval * 1000),
+            # Also the rebalance timeout librdkafka sends: aiokafka's max_poll_interval default
+            # (a handler may run this long before the member is taken to be stuck).
+            "max.poll.interval.ms": max(300_000, int(self.session_timeout * 1000)),
+            "partition.assignment.strategy": "range",
+            "fetch.wait.max.ms": int(self.fetch_wait * 1000),
+            "max.partition.fetch.bytes": max(self.max_request_size, 1024 * 1024),
+            "fetch.max.bytes": max(self.max_request_size, 50 * 1024 * 1024),
+        }
+        return config
+
 
 OPTION_NAMES: tuple[str, ...] = tuple(
     field.name for field in dataclasses.fields(KafkaOptions) if field.name != "bootstrap_servers"
@@ -369,6 +441,7 @@ def _text(raw: str) -> str:
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "acks": _choice(0, 1, "all"),
+    "client": _choice(*_CLIENTS),
     "compression": _optional(_choice(*_COMPRESSIONS)),
     "offset_reset": _choice("latest", "earliest"),
     "sasl_mechanism": _optional(_choice(*_SASL_MECHANISMS)),

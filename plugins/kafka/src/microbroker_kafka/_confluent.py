@@ -1,0 +1,518 @@
+"""The confluent-kafka (librdkafka) client adapter: the calls the broker makes, off the loop.
+
+The broker's logic (offsets, commits, rebalances, settlement: ``_subscriber``,
+``_offsets``, ``_delivery``) is the same for both clients; it talks to an
+aiokafka consumer, and here to :class:`ConfluentConsumer`, which answers the
+same calls over a ``confluent_kafka.Consumer``. Errors come out as aiokafka's
+``KafkaError``, so that the shared code handles them in one way.
+
+No librdkafka call that may wait runs on the event loop:
+
+- a consumer's ``consume()`` (and the rebalance callbacks librdkafka runs
+  inside it, and ``close()``) runs in a thread of its own; a callback runs the
+  subscription's (async) rebalance handling on the loop and waits for it, as
+  aiokafka's coordinator waits for its listener;
+- lookups (committed offsets, watermarks, metadata) and commits run in the
+  loop's default executor;
+- the producer's ``produce()`` only appends to librdkafka's queue; a thread of
+  the producer's own polls for delivery reports and hands each polled batch of
+  them to the loop with one ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import confluent_kafka
+from aiokafka import TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError as AioKafkaError  # type: ignore[import-untyped]
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from .errors import KafkaConnectError
+from .options import KafkaOptions
+
+logger = logging.getLogger("microbroker.kafka")
+
+_LOOKUP_TIMEOUT = 10.0
+"""Seconds one blocking lookup may take in its executor thread (its caller bounds its wait)."""
+_CONSUME_WAIT = 0.05
+"""Seconds one ``consume()`` waits for records in the consumer's thread."""
+_POLL_WAIT = 0.05
+"""Seconds the producer's thread waits in ``poll()`` for delivery reports."""
+_OFFSET_INVALID = confluent_kafka.OFFSET_INVALID
+_IGNORED = {confluent_kafka.KafkaError._PARTITION_EOF}
+
+
+class KafkaClientError(AioKafkaError):  # type: ignore[misc]
+    """A librdkafka error, as the aiokafka error the shared code expects."""
+
+
+def _error(exc: BaseException) -> AioKafkaError:
+    return KafkaClientError(str(exc))
+
+
+class Record:
+    """A consumed record, with the attributes the subscription reads off aiokafka's."""
+
+    __slots__ = ("headers", "key", "offset", "value")
+
+    def __init__(self, message: Any) -> None:
+        self.offset: int = message.offset()
+        self.value: bytes | None = message.value()
+        self.key: bytes | None = message.key()
+        self.headers: list[tuple[str, bytes]] | None = message.headers()
+
+
+class ConfluentConsumer:
+    """A ``confluent_kafka.Consumer`` behind the calls the subscription makes of aiokafka's."""
+
+    def __init__(self, settings: KafkaOptions, group: str | None) -> None:
+        self._settings = settings
+        self._config = settings.librdkafka_consumer(group)
+        self._group = group
+        self._consumer: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # One thread for consume(), the callbacks inside it and close().
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rdkafka")
+        self._listener: Any = None
+        self._assignment: set[TopicPartition] = set()
+        self._manual = False
+        self._reassign = False
+        #: Positions decided on the loop, applied in the consumer's thread before it reads on.
+        self._positions: dict[TopicPartition, int] = {}
+        self._seeks: dict[TopicPartition, int] = {}
+        self._topics: dict[str, set[int]] = {}
+        self._metadata_at = 0.0
+        self._refreshing: asyncio.Future[None] | None = None
+        self._closing = False
+        self._in_callback = False
+
+    # Starting and stopping. ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._consumer = confluent_kafka.Consumer({**self._config, "error_cb": self._on_error})
+        except (confluent_kafka.KafkaException, ValueError) as exc:
+            raise _error(exc) from exc
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self._listener = listener
+        self._consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        self._closing = True
+        if consumer is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            # After the consume() running now: the consumer's calls stay in its thread.
+            await loop.run_in_executor(self._thread, consumer.close)
+        finally:
+            self._thread.shutdown(wait=False)
+
+    def _on_error(self, error: Any) -> None:
+        logger.debug("kafka (librdkafka): %s", error)
+
+    # The group's rebalance callbacks, in the consumer's thread (inside consume()). -------
+
+    def _run_listener(self, call: Callable[[list[TopicPartition]], Any], tps: list[Any]) -> None:
+        loop = self._loop
+        if loop is None or self._closing or loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(call(tps), loop)
+        try:
+            future.result(self._settings.rebalance_timeout + self._settings.request_timeout)
+        except Exception as exc:
+            future.cancel()
+            logger.warning("kafka: rebalance handling of %s failed: %r", tps, exc)
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        self._assignment = set(tps)
+        self._positions.clear()
+        # From the committed offsets (or the reset), as librdkafka finds them. The group's
+        # committed offsets cannot be looked up while this callback runs (librdkafka holds
+        # an OffsetFetch back until the assignment is made), so the subscription's handling
+        # runs after it, on the loop, not awaited here: records fetched before it placed a
+        # partition are fetched again from there (the subscription seeks back to them).
+        consumer.assign(partitions)
+        loop = self._loop
+        if self._listener is not None and loop is not None and not self._closing:
+            future = asyncio.run_coroutine_threadsafe(
+                self._listener.on_partitions_assigned(tps), loop
+            )
+            future.add_done_callback(_logged)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        if self._listener is not None:
+            self._in_callback = True
+            try:
+                self._run_listener(self._listener.on_partitions_revoked, tps)
+            finally:
+                self._in_callback = False
+        self._assignment.difference_update(tps)
+        self._positions.clear()
+        for tp in tps:
+            self._seeks.pop(tp, None)
+        with contextlib.suppress(confluent_kafka.KafkaException, RuntimeError):
+            consumer.unassign()
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # Evicted (the session expired): another member may own them already, so nothing
+        # is committed for them; revoked all the same, so that redeliveries stop.
+        self._on_revoke(consumer, partitions)
+
+    # Reading. ------------------------------------------------------------------------
+
+    def assign(self, tps: Iterable[TopicPartition]) -> None:
+        """A manual assignment, made in the consumer's thread before it reads on."""
+        self._manual = True
+        self._assignment = set(tps)
+        self._reassign = True
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assignment)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._seeks[tp] = offset
+
+    async def seek_to_end(self, *tps: TopicPartition) -> None:
+        ends = await self.end_offsets(list(tps))
+        self._seeks.update(ends)
+
+    async def position(self, tp: TopicPartition) -> int:
+        """Where the partition is read from: the seek made, the committed offset, or the reset."""
+        known = self._seeks.get(tp, self._positions.get(tp))
+        if known is not None:
+            return known
+        offset = await self.committed(tp) if self._group is not None else None
+        if offset is None:
+            low, high = await self._watermarks(tp)
+            offset = low if self._settings.offset_reset == "earliest" else high
+        self._positions[tp] = offset
+        return offset
+
+    def _consume(self, max_records: int, wait: float) -> dict[TopicPartition, list[Record]]:
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        if self._reassign:
+            self._reassign = False
+            seeks, self._seeks = self._seeks, {}
+            consumer.assign(
+                [
+                    confluent_kafka.TopicPartition(tp.topic, tp.partition, seeks.get(tp, -1000))
+                    for tp in self._assignment
+                ]
+            )
+        elif self._seeks:
+            seeks, self._seeks = self._seeks, {}
+            for tp, offset in seeks.items():
+                if tp in self._assignment:
+                    try:
+                        consumer.seek(
+                            confluent_kafka.TopicPartition(tp.topic, tp.partition, offset)
+                        )
+                    except confluent_kafka.KafkaException as exc:
+                        logger.info("kafka: seek of %s to %d failed: %s", tp, offset, exc)
+        batches: dict[TopicPartition, list[Record]] = {}
+        for message in consumer.consume(max_records, wait):
+            error = message.error()
+            if error is not None:
+                if error.code() not in _IGNORED:
+                    logger.info("kafka (librdkafka): consume: %s", error)
+                continue
+            tp = TopicPartition(message.topic(), message.partition())
+            records = batches.get(tp)
+            if records is None:
+                records = batches[tp] = []
+            records.append(Record(message))
+        return batches
+
+    async def getmany(
+        self, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[Record]]:
+        loop = asyncio.get_running_loop()
+        wait = min(timeout_ms / 1000, _CONSUME_WAIT)
+        try:
+            return await loop.run_in_executor(self._thread, self._consume, max_records, wait)
+        except (confluent_kafka.KafkaException, RuntimeError) as exc:
+            raise _error(exc) from exc
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        try:
+            _, high = consumer.get_watermark_offsets(
+                confluent_kafka.TopicPartition(tp.topic, tp.partition), cached=True
+            )
+        except (confluent_kafka.KafkaException, RuntimeError):
+            return None
+        return None if high < 0 else int(high)
+
+    # Lookups and commits, in the default executor. ------------------------------------
+
+    def _live(self) -> Any:
+        consumer = self._consumer
+        if consumer is None:
+            raise KafkaClientError("the consumer is stopped")
+        return consumer
+
+    async def _blocking(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(call, *args, **kwargs)
+        except (confluent_kafka.KafkaException, RuntimeError) as exc:
+            raise _error(exc) from exc
+
+    async def _in_thread(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._thread, lambda: call(*args, **kwargs))
+        except (confluent_kafka.KafkaException, RuntimeError) as exc:
+            raise _error(exc) from exc
+
+    async def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        low, high = await self._blocking(
+            self._live().get_watermark_offsets,
+            confluent_kafka.TopicPartition(tp.topic, tp.partition),
+            timeout=_LOOKUP_TIMEOUT,
+        )
+        return int(low), int(high)
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: (await self._watermarks(tp))[1] for tp in tps}
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: (await self._watermarks(tp))[0] for tp in tps}
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        found = await self._blocking(
+            self._live().committed,
+            [confluent_kafka.TopicPartition(tp.topic, tp.partition)],
+            timeout=_LOOKUP_TIMEOUT,
+        )
+        if not found or found[0].error is not None or found[0].offset < 0:
+            return None
+        return int(found[0].offset)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        # A synchronous commit made from another thread returns only when the consumer's
+        # thread polls again (up to seconds later, measured against tansu), so it is made
+        # in that thread, between two consume() calls; but while that thread waits in a
+        # revoke callback for the subscription (which commits), from the default executor.
+        call = self._blocking if self._in_callback else self._in_thread
+        result = await call(
+            self._live().commit,
+            offsets=[
+                confluent_kafka.TopicPartition(tp.topic, tp.partition, offset)
+                for tp, offset in offsets.items()
+            ],
+            asynchronous=False,
+        )
+        failed = [p for p in result or () if p.error is not None]
+        if failed:
+            raise KafkaClientError(f"commit refused: {failed[0].error}")
+
+    # Metadata. ----------------------------------------------------------------------
+
+    async def force_metadata_update(self) -> None:
+        metadata = await self._blocking(self._live().list_topics, timeout=_LOOKUP_TIMEOUT)
+        self._metadata_at = time.monotonic()
+        self._topics = {
+            name: set(topic.partitions)
+            for name, topic in metadata.topics.items()
+            if topic.error is None
+        }
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        """The topic's partitions in the cached metadata, refreshed every ``metadata_refresh``."""
+        stale = time.monotonic() - self._metadata_at > self._settings.metadata_refresh
+        if stale and (self._refreshing is None or self._refreshing.done()):
+            self._metadata_at = time.monotonic()
+            self._refreshing = asyncio.ensure_future(self.force_metadata_update())
+            self._refreshing.add_done_callback(_retrieved)
+        return self._topics.get(topic)
+
+
+def _logged(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        logger.warning("kafka: the handling of an assignment failed: %r", exc)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+# Producing. ------------------------------------------------------------------------
+
+
+class ConfluentProducer:
+    """A ``confluent_kafka.Producer``: ``produce()`` on the loop, delivery reports polled apart.
+
+    :meth:`produce` returns a future resolved (or failed) by the record's
+    delivery report when ``confirm`` asks for one; without it a failed record
+    is logged, never dropped in silence, and a stored one costs nothing more.
+    """
+
+    def __init__(self, settings: KafkaOptions) -> None:
+        self._settings = settings
+        self._producer = confluent_kafka.Producer(
+            {**settings.librdkafka_producer(), "error_cb": self._on_error}
+        )
+        self._loop = asyncio.get_running_loop()
+        #: Delivery reports polled in the thread, settled on the loop: (future, error).
+        self._reports: deque[tuple[asyncio.Future[None] | None, Any]] = deque()
+        self._servers = ",".join(settings.bootstrap_servers)
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="rdkafka-producer", daemon=True)
+        self._poller.start()
+
+    def _on_error(self, error: Any) -> None:
+        logger.debug("kafka (librdkafka): %s", error)
+
+    def _failed(self, error: Any, _message: Any) -> None:
+        """The delivery report of a record published without ``confirm`` (polling thread)."""
+        if error is not None:
+            self._reports.append((None, error))
+
+    def _poll(self) -> None:
+        producer, reports, stopping = self._producer, self._reports, self._stopping
+        while not stopping.is_set():
+            if producer.poll(_POLL_WAIT) and reports:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        reports = self._reports
+        while reports:
+            future, error = reports.popleft()
+            if future is None:
+                logger.error(
+                    "kafka: a record published was not stored by %s: %s (publish with "
+                    "confirm=True to see such errors at publish)",
+                    self._servers,
+                    error,
+                )
+            elif not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(KafkaClientError(str(error)))
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        partition: int | None,
+        headers: list[tuple[str, bytes]] | None,
+        confirm: bool,
+    ) -> asyncio.Future[None] | None:
+        """Queue the record in librdkafka (never waits); its delivery future if ``confirm``.
+
+        Raises ``BufferError`` when librdkafka's queue is full: :meth:`produce_later`.
+        """
+        if confirm:
+            future: asyncio.Future[None] | None = self._loop.create_future()
+            reports = self._reports
+
+            def delivered(error: Any, _message: Any) -> None:  # in the polling thread
+                reports.append((future, error))
+
+            report: Callable[[Any, Any], None] = delivered
+        else:
+            future, report = None, self._failed
+        try:
+            self._producer.produce(
+                topic,
+                value,
+                key,
+                partition=-1 if partition is None else partition,
+                headers=cast(Any, headers),  # list is invariant: pairs of str and bytes
+                on_delivery=report,
+            )
+        except confluent_kafka.KafkaException as exc:
+            raise _error(exc) from exc
+        return future
+
+    async def produce_later(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        partition: int | None,
+        headers: list[tuple[str, bytes]] | None,
+        confirm: bool,
+    ) -> asyncio.Future[None] | None:
+        """:meth:`produce`, once librdkafka's queue has room (``queue.buffering.max.*``)."""
+        while True:
+            await asyncio.sleep(0.001)
+            try:
+                return self.produce(topic, value, key, partition, headers, confirm)
+            except BufferError:
+                continue
+
+    async def flush(self) -> None:
+        """Wait until every record produced so far is stored or failed."""
+        try:
+            while await asyncio.to_thread(self._producer.flush, 0.1):
+                pass  # records left: flush() returns their count
+        finally:
+            self._settle()
+
+    async def close(self) -> None:
+        self._stopping.set()
+        await asyncio.to_thread(self._poller.join)
+        # Reports the thread did not hand over before it stopped.
+        await asyncio.to_thread(self._producer.poll, 0)
+        self._settle()
+
+
+async def start_confluent(settings: KafkaOptions) -> tuple[ConfluentProducer, AdminClient | None]:
+    """The producer and admin client; a clear error if the server does not answer."""
+    producer = ConfluentProducer(settings)
+    admin = AdminClient(settings.librdkafka_common()) if settings.auto_create_topics else None
+    try:
+        # librdkafka connects lazily: ask for the metadata to know the server answers.
+        await asyncio.to_thread(
+            producer._producer.list_topics, timeout=min(settings.request_timeout, _LOOKUP_TIMEOUT)
+        )
+    except confluent_kafka.KafkaException as exc:
+        await producer.close()
+        where = ",".join(settings.bootstrap_servers)
+        raise KafkaConnectError(
+            f"cannot connect to kafka at {where} (librdkafka: {exc}); is the server running, "
+            "is the address host:port right, and does the server require TLS or SASL?"
+        ) from exc
+    return producer, admin
+
+
+async def create_topic(admin: AdminClient, topic: str, partitions: int, replication: int) -> None:
+    """Create ``topic``; nothing if it exists already."""
+    futures = admin.create_topics([NewTopic(topic, partitions, replication)])
+    try:
+        await asyncio.wrap_future(futures[topic])
+    except confluent_kafka.KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        code = error.code() if isinstance(error, confluent_kafka.KafkaError) else None
+        if code == confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+            return
+        raise _error(exc) from exc
