@@ -18,8 +18,15 @@ def no_kafka_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-#: The clients a test taking ``kafka_client`` runs on: aiokafka and librdkafka (confluent-kafka).
-CLIENTS = ("aiokafka", "confluent")
+#: The clients a test taking ``kafka_client`` runs on: aiokafka and/or librdkafka
+#: (confluent-kafka), from ``MICRO_TEST_KAFKA_CLIENTS`` (comma-separated). ``tox -e kafka``
+#: runs aiokafka, the default client; ``tox -e kafka-confluent`` runs confluent (not yet in
+#: CI's env_list: two four-member queue-group cases have been seen to time out on it).
+CLIENTS = tuple(
+    name.strip()
+    for name in os.environ.get("MICRO_TEST_KAFKA_CLIENTS", "aiokafka").split(",")
+    if name.strip()
+)
 
 
 @pytest.fixture(params=CLIENTS)
