@@ -243,12 +243,12 @@ async def test_disconnecting_from_a_stalled_server_says_what_confirm_false_may_l
             await broker.publish(topic, Message(b"%d" % n))  # buffered: returns at once
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with caplog.at_level(logging.WARNING, logger="microbroker.kafka"):
+        with caplog.at_level(logging.WARNING, logger="microbroker.broker.kafka"):
             await asyncio.wait_for(broker.disconnect(), 15)
         took = loop.time() - started
     finally:
         server.resume()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "microbroker.kafka"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "microbroker.broker.kafka"]
     assert any("still unconfirmed" in w and "drain_timeout=1.0s" in w for w in warnings), warnings
     assert server.address in warnings[0]
     print(f"\ndisconnect took {took:.1f}s: {warnings[0]}")

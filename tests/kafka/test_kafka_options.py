@@ -206,7 +206,7 @@ def starved(records: list[logging.LogRecord]) -> list[str]:
     return [
         r.getMessage()
         for r in records
-        if r.name == "microbroker.kafka" and "get no messages" in r.getMessage()
+        if r.name == "microbroker.broker.kafka" and "get no messages" in r.getMessage()
     ]
 
 
@@ -218,7 +218,7 @@ async def test_a_group_with_more_members_than_partitions_is_warned_once_per_reba
     brokers = [KafkaBroker(kafka_server.address, **options) for _ in range(4)]
     for broker in brokers:
         await broker.connect()
-    caplog.set_level(logging.WARNING, logger="microbroker.kafka")
+    caplog.set_level(logging.WARNING, logger="microbroker.broker.kafka")
     try:
 
         async def handler(delivery: Delivery) -> None:

@@ -127,7 +127,7 @@ async def test_a_failed_batch_nobody_awaits_is_logged_with_its_record_count(
     await broker.connect()
     try:
         await broker.publish(t, Message(b"topic made"))
-        with caplog.at_level(logging.ERROR, logger="microbroker.kafka"):
+        with caplog.at_level(logging.ERROR, logger="microbroker.broker.kafka"):
             server.pause()
             try:
                 for n in range(10):

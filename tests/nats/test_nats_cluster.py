@@ -390,7 +390,7 @@ async def test_a_subscription_made_while_the_meta_leader_is_elected_waits_for_it
         async def handler(delivery: microbroker.Delivery) -> None:
             inbox.append(delivery.message.body)
 
-        caplog.set_level("INFO", logger="microbroker.nats")
+        caplog.set_level("INFO", logger="microbroker.broker.nats")
         await asyncio.to_thread(cluster.kill, doomed)
         began = time.monotonic()
         await late.subscribe(topic, handler, queue="late-comers")

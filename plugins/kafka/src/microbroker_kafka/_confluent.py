@@ -39,7 +39,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from .errors import KafkaConnectError
 from .options import KafkaOptions
 
-logger = logging.getLogger("microbroker.kafka")
+logger = logging.getLogger("microbroker.broker.kafka")
 
 _LOOKUP_TIMEOUT = 10.0
 """Seconds one blocking lookup may take in its executor thread (its caller bounds its wait)."""

@@ -17,7 +17,7 @@ from collections import deque
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError as AioKafkaError  # type: ignore[import-untyped]
 
-logger = logging.getLogger("microbroker.kafka")
+logger = logging.getLogger("microbroker.broker.kafka")
 
 COMMIT_TIMEOUT = 3.0
 """Seconds one commit (or committed-offset lookup) may take."""

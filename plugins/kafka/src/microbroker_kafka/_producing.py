@@ -38,7 +38,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
 
 from .options import KafkaOptions
 
-logger = logging.getLogger("microbroker.kafka")
+logger = logging.getLogger("microbroker.broker.kafka")
 
 Headers = list[tuple[str, bytes]] | None
 

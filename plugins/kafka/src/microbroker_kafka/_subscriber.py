@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from .broker import KafkaBroker
 
-logger = logging.getLogger("microbroker.kafka")
+logger = logging.getLogger("microbroker.broker.kafka")
 
 _PARTITION_CHECK = 0.25
 """Seconds between looks at the cached metadata for new partitions (broadcast subscribers)."""

@@ -48,7 +48,7 @@ from ._subscriber import KafkaSubscriber
 from .errors import SubscribeError
 from .options import KafkaOptions, parse_address
 
-logger = logging.getLogger("microbroker.kafka")
+logger = logging.getLogger("microbroker.broker.kafka")
 
 DEFAULT_ADDRESS = "127.0.0.1:9092"
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}").fullmatch

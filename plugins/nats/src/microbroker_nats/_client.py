@@ -34,7 +34,7 @@ from nats.protocol.parser import AWAITING_MSG_PAYLOAD as _AWAITING_MSG_PAYLOAD
 from nats.protocol.parser import MAX_CONTROL_LINE_SIZE as _MAX_CONTROL_LINE
 from nats.protocol.parser import Parser
 
-logger = logging.getLogger("microbroker.nats")
+logger = logging.getLogger("microbroker.broker.nats")
 
 _CRLF = b"\r\n"
 _HEADER_LINE = b"NATS/1.0\r\n"

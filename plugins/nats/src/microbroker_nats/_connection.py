@@ -15,7 +15,7 @@ from ._client import client_class
 from .errors import NatsAuthError, NatsConnectError
 from .options import NatsOptions
 
-logger = logging.getLogger("microbroker.nats")
+logger = logging.getLogger("microbroker.broker.nats")
 
 _CLIENT_CERT_HINT = (
     "a server that verifies clients (verify: true) needs tls_cert_file= and tls_key_file=, "

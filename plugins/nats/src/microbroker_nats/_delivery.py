@@ -13,7 +13,7 @@ from microbroker.transport import CONTENT_TYPE, Delivery
 from ._client import WRITE_DONE, WRITE_FALLBACK, WRITE_FORCE, FastClient, Headers
 from ._client import parse_header_lines as _parse_header_lines
 
-logger = logging.getLogger("microbroker.nats")
+logger = logging.getLogger("microbroker.broker.nats")
 
 _CONTENT_TYPE_LINE = b"\r\nContent-Type:"
 _CONTENT_TYPE_SKIP = len(_CONTENT_TYPE_LINE)

@@ -30,7 +30,7 @@ from ._subjects import covers, is_pattern
 from .errors import StreamError
 from .options import NatsOptions
 
-logger = logging.getLogger("microbroker.nats")
+logger = logging.getLogger("microbroker.broker.nats")
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 T = TypeVar("T")

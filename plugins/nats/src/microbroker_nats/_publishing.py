@@ -58,7 +58,7 @@ from ._subjects import check_literal, is_pattern
 from .errors import NoResponders, RequestTimeout, StreamError
 from .options import NatsOptions
 
-logger = logging.getLogger("microbroker.nats")
+logger = logging.getLogger("microbroker.broker.nats")
 
 #: ``Capabilities.max_headers`` (the core's default, declared for the header block limit).
 MAX_HEADERS = 256

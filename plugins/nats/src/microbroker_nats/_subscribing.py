@@ -55,7 +55,7 @@ from .errors import SlowConsumer
 if TYPE_CHECKING:
     from .broker import NatsBroker
 
-logger = logging.getLogger("microbroker.nats")
+logger = logging.getLogger("microbroker.broker.nats")
 
 Responder = Callable[[NatsDelivery], Awaitable[Message | None]]
 """A request handler for :meth:`NatsBroker.serve`: returns the reply, or ``None`` for none."""
