@@ -29,7 +29,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -181,7 +181,8 @@ class StreamSubscriber(Subscriber):
                 failures += 1
                 await asyncio.sleep(self._wait(failures))
                 continue
-            for _key, entries in response or ():
+            read: list[Any] = cast(list[Any], response) or []
+            for _key, entries in read:
                 for entry_id, fields in entries:
                     if fields is None:
                         continue  # deleted (XDEL, or trimmed) while pending
@@ -316,9 +317,12 @@ class StreamSubscriber(Subscriber):
 
     async def _redeliver(self, entry_id: bytes) -> None:
         try:
-            entries = await retrying(
+            entries: list[Any] = await retrying(
                 self._options,
-                lambda: self._client.xclaim(self.key, self.group, self.consumer, 0, [entry_id]),
+                lambda: cast(
+                    "Awaitable[list[Any]]",
+                    self._client.xclaim(self.key, self.group, self.consumer, 0, [entry_id]),
+                ),
                 timeout=self._options.publish_timeout,
             )
             if not entries or entries[0][1] is None:

@@ -34,6 +34,9 @@ from ._pubsub import PubSubSubscriber
 from ._streams import StreamSubscriber
 from .options import DEFAULT_ADDRESS, RedisOptions
 
+#: What a command can raise: a lost connection, or the server's refusal.
+FAILED: tuple[type[BaseException], ...] = (*LOST, redis.exceptions.RedisError)
+
 
 def capabilities_for(options: RedisOptions) -> Capabilities:
     """What each mode delivers (see the README's guarantees)."""
@@ -99,7 +102,7 @@ class RedisBroker(Broker):
                 self.settings.connect_timeout + self.settings.socket_timeout
             ):
                 await client.ping()
-        except (*LOST, redis.exceptions.RedisError) as exc:
+        except FAILED as exc:
             with contextlib.suppress(Exception):
                 await client.aclose()
             raise MicrobrokerError(
@@ -212,7 +215,7 @@ class RedisBroker(Broker):
         )
         try:
             await subscriber.start()
-        except (*LOST, redis.exceptions.RedisError) as exc:
+        except FAILED as exc:
             await subscriber.unsubscribe()
             from microbroker import MicrobrokerError
 
