@@ -1,0 +1,98 @@
+"""The client: redis-py's asyncio ``Redis`` on a connection pool, TLS, and retrying a command.
+
+redis-py makes a new connection for the next command after one was lost; it
+does not retry here (``retry`` is off), :func:`retrying` does, with the one
+backoff formula of the toolkit, for as long as the caller allows. A blocking
+read (XREADGROUP BLOCK) holds a connection of the pool for its wait, so the
+pool is not bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.connection import Connection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from microbroker.transport import backoff
+
+from .options import Endpoint, RedisOptions
+
+T = TypeVar("T")
+
+#: What a lost or stalled connection raises (a server restarted, killed, frozen).
+LOST: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+class TLSConnection(Connection):
+    """A connection over TLS with the broker's own ``ssl.SSLContext``."""
+
+    def __init__(self, *, tls_context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._tls_context = tls_context
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "ssl": self._tls_context,
+            "server_hostname": self.host,
+        }
+
+
+def make_client(options: RedisOptions, endpoint: Endpoint) -> aioredis.Redis:
+    """A client for ``endpoint``; nothing is connected until the first command."""
+    kwargs: dict[str, Any] = {
+        "host": endpoint.host,
+        "port": endpoint.port,
+        "db": endpoint.db,
+        "username": endpoint.username,
+        "password": endpoint.password,
+        "socket_connect_timeout": options.connect_timeout,
+        "socket_timeout": options.socket_timeout,
+        "socket_keepalive": True,
+        "client_name": options.client_name,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": False,
+    }
+    if endpoint.tls:
+        kwargs["connection_class"] = TLSConnection
+        kwargs["tls_context"] = options.tls_context()
+    pool = ConnectionPool(**kwargs)
+    return aioredis.Redis(connection_pool=pool)
+
+
+async def retrying(
+    options: RedisOptions, command: Callable[[], Awaitable[T]], *, timeout: float
+) -> T:
+    """Run ``command`` again after a lost connection, for ``timeout`` seconds at most.
+
+    A command the connection lost may have reached the server: a retried XADD can
+    add a duplicate (at least once), never lose the message silently.
+    """
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        try:
+            return await command()
+        except LOST:
+            attempt += 1
+            wait = backoff(attempt, options.reconnect_delay, 2.0, options.max_reconnect_delay)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            await asyncio.sleep(min(wait, left))
