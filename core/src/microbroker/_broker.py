@@ -348,12 +348,7 @@ class Broker(abc.ABC):
         if max_concurrency > 1:
             deliver = concurrently(deliver, max_concurrency)
         subscriber = await self.receive(topic, deliver, queue=queue, auto_ack=auto_ack, **options)
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "subscribed to %r%s",
-                topic,
-                f" in queue group {queue!r}" if queue else "",
-            )
+        logger.info("subscribed to %r%s", topic, f" in queue group {queue!r}" if queue else "")
         return subscriber
 
     async def __aenter__(self) -> Self:
