@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 
 from microbroker.transport import backoff
 
+from .errors import RedisAuthError, RedisConnectError
 from .options import Endpoint, RedisOptions
 
 T = TypeVar("T")
@@ -96,3 +97,48 @@ async def retrying(
             if left <= 0:
                 raise
             await asyncio.sleep(min(wait, left))
+
+
+def connect_error(endpoint: Endpoint, exc: BaseException) -> RedisConnectError:
+    """The error ``connect()`` raises for ``exc``: what went wrong, and what to give instead.
+
+    The message names the endpoint without its password, and never shows the password.
+    """
+    where = f"redis broker cannot connect to {endpoint}"
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        who = f"the user {endpoint.username!r}" if endpoint.username else "the default user"
+        if endpoint.password is None:
+            hint = (
+                "the server wants a password: give it in the address "
+                "(redis://user:password@host:port) or as password="
+            )
+        else:
+            hint = (
+                f"the server refused the password of {who}: check the user and password "
+                "in the address (or username=, password=)"
+            )
+        return RedisAuthError(f"{where}: {hint} ({exc})")
+    tls = _tls_cause(exc)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return RedisConnectError(
+            f"{where}: the server presented a TLS certificate this broker does not trust "
+            f"({tls.verify_message}): give tls_ca_file= the CA that issued it (or tls= an "
+            "ssl.SSLContext that trusts it)"
+        )
+    if tls is not None:
+        return RedisConnectError(
+            f"{where}: the TLS handshake failed ({tls}); a rediss:// address needs the "
+            "server's TLS port (tls-port)"
+        )
+    return RedisConnectError(f"{where}: {exc}")
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -28,7 +28,7 @@ from microbroker.transport import (
     report_error,
 )
 
-from ._connection import LOST, make_client, retrying
+from ._connection import LOST, connect_error, make_client, retrying
 from ._fields import to_fields, with_claim_id
 from ._pubsub import PubSubSubscriber
 from ._streams import StreamSubscriber
@@ -94,8 +94,6 @@ class RedisBroker(Broker):
     async def connect(self) -> None:
         if self.connected:
             return
-        from microbroker import MicrobrokerError
-
         client = make_client(self.settings, self._endpoint)
         try:
             async with asyncio.timeout(
@@ -105,9 +103,7 @@ class RedisBroker(Broker):
         except FAILED as exc:
             with contextlib.suppress(Exception):
                 await client.aclose()
-            raise MicrobrokerError(
-                f"redis broker cannot connect to {self._endpoint}: {exc}"
-            ) from exc
+            raise connect_error(self._endpoint, exc) from exc
         self._client = client
         self._closing = False
         self._idle = asyncio.Event()
