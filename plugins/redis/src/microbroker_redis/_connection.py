@@ -99,7 +99,7 @@ async def retrying(
             await asyncio.sleep(min(wait, left))
 
 
-def connect_error(endpoint: Endpoint, exc: BaseException) -> RedisConnectError:
+def connect_error(endpoint: Endpoint, exc: BaseException, timeout: float) -> RedisConnectError:
     """The error ``connect()`` raises for ``exc``: what went wrong, and what to give instead.
 
     The message names the endpoint without its password, and never shows the password.
@@ -130,6 +130,15 @@ def connect_error(endpoint: Endpoint, exc: BaseException) -> RedisConnectError:
             f"{where}: the TLS handshake failed ({tls}); a rediss:// address needs the "
             "server's TLS port (tls-port)"
         )
+    if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError):
+        text = f"{where}: the server did not answer in time ({exc}; connect_timeout={timeout})"
+        if endpoint.tls:
+            # A port without TLS reads the handshake as the start of a command and waits.
+            text += (
+                "; a rediss:// address needs the server's TLS port (tls-port): a port "
+                "without TLS does not answer the TLS handshake"
+            )
+        return RedisConnectError(text)
     return RedisConnectError(f"{where}: {exc}")
 
 

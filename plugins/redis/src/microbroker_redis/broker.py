@@ -95,15 +95,14 @@ class RedisBroker(Broker):
         if self.connected:
             return
         client = make_client(self.settings, self._endpoint)
+        wait = self.settings.connect_timeout + self.settings.socket_timeout
         try:
-            async with asyncio.timeout(
-                self.settings.connect_timeout + self.settings.socket_timeout
-            ):
+            async with asyncio.timeout(wait):
                 await client.ping()
         except FAILED as exc:
             with contextlib.suppress(Exception):
                 await client.aclose()
-            raise connect_error(self._endpoint, exc) from exc
+            raise connect_error(self._endpoint, exc, self.settings.connect_timeout) from exc
         self._client = client
         self._closing = False
         self._idle = asyncio.Event()
