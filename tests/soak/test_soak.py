@@ -108,6 +108,19 @@ def _rabbitmq() -> Iterator[Callable[[], microbroker.Broker]]:
         yield lambda: microbroker.get_broker("rabbitmq", address=server.url)
 
 
+@contextlib.contextmanager
+def _redis() -> Iterator[Callable[[], microbroker.Broker]]:
+    from support.redis_server import RedisServer
+
+    server = RedisServer(name="soak-redis")
+    server.start()
+    try:
+        # Streams, the default mode: at least once.
+        yield lambda: microbroker.get_broker("redis", address=server.url)
+    finally:
+        server.close()
+
+
 TRANSPORTS: dict[str, tuple[Callable[[], Any], bool]] = {
     # name: (the broker factory's context, whether delivery is at least once)
     "memory": (_memory, True),
@@ -117,6 +130,7 @@ TRANSPORTS: dict[str, tuple[Callable[[], Any], bool]] = {
     "mqtt": (_mqtt, True),
     "kafka": (_kafka, True),
     "rabbitmq": (_rabbitmq, True),
+    "redis": (_redis, True),
 }
 
 
