@@ -115,6 +115,25 @@ def _confluent_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list
     return lines
 
 
+def _jetstream_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list[str]:
+    """JetStream's Event API against raw nats-py, acks awaited (sync) and in flight (async)."""
+    lines = []
+    for mine, raw, label in (
+        ("microbroker", "raw", "js.publish"),
+        ("microbroker-async", "raw-async", "js.publish_async"),
+    ):
+        found = {
+            (shape, size): v[mine] / v[raw]
+            for (t, shape, size), v in tp.items()
+            if t == "nats-jetstream" and size in ("128B", "1KiB") and raw in v and mine in v
+        }
+        if found:
+            each = ", ".join(f"{shape} {size} {x:.2f}x" for (shape, size), x in found.items())
+            met = "yes" if min(found.values()) >= 0.95 else "no"
+            lines.append(f"| nats-jetstream: Event API >= 0.95x raw {label} | {each} | {met} |")
+    return lines
+
+
 def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, each with the ratio measured in this run."""
     tp: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
@@ -146,6 +165,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
                 f"{'yes' if min(fs) >= 5 else 'no'} |"
             )
     lines += _confluent_targets(tp)
+    lines += _jetstream_targets(tp)
     naive: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
         if r["section"] == "http-naive":

@@ -37,6 +37,18 @@ class TestJetStream(BrokerConformance):
         return jetstream_server.restart
 
 
+class TestJetStreamAsyncAcks(BrokerConformance):
+    """JetStream with ``publish_acks="async"``: publishes return before their acknowledgement."""
+
+    @pytest.fixture
+    def broker_factory(self, jetstream_server: NatsServer) -> BrokerFactory:
+        return lambda: NatsBroker(jetstream_server.url, jetstream=True, publish_acks="async")
+
+    @pytest.fixture
+    def restart_server(self, jetstream_server: NatsServer) -> RestartServer:
+        return jetstream_server.restart
+
+
 class TestCoreNatsPlainClient(BrokerConformance):
     """Core NATS over nats-py's own message path (``fast_path=False``), the fallback."""
 

@@ -12,7 +12,8 @@ from support.faults import RetryingPublisher
 from support.nats_server import NatsServer
 
 import microbroker
-from microbroker_nats import NatsBroker
+from microbroker.conformance import ErrorCatcher
+from microbroker_nats import NatsBroker, UnackedPublish, UnackedPublishes
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +124,66 @@ async def test_jetstream_loses_none_of_10000_messages_across_a_kill(
         assert not missing, f"{len(missing)} messages lost"
         assert sub.connected
         assert pub.connected
+    finally:
+        await pub.disconnect()
+        await sub.disconnect()
+
+
+async def test_async_acks_lose_none_of_10000_messages_across_a_kill(
+    new_nats_server: Callable[..., NatsServer],
+) -> None:
+    """``publish_acks="async"``: the server killed (SIGKILL) with acks pending, restarted.
+
+    Publishes in flight are sent again (same ``Nats-Msg-Id``) once the client has
+    reconnected; what the broker gives up on reaches ``on_error`` and ``flush()``,
+    and is published again, as a careful user does. Every one of 10,000 arrives.
+    """
+    server = new_nats_server(jetstream=True)
+    total = 10_000
+    options = {"jetstream": True, "reconnect_time_wait": 0.1, "ack_wait": 2.0}
+    counts: Counter[int] = Counter()
+
+    async def handler(delivery: microbroker.Delivery) -> None:
+        counts[int(delivery.message.body)] += 1
+
+    sub = NatsBroker(server.url, **options)
+    pub = NatsBroker(server.url, publish_acks="async", publish_timeout=10.0, **options)
+    await sub.connect()
+    await pub.connect()
+    publisher = RetryingPublisher(pub, "orders.async")
+    try:
+        with ErrorCatcher() as errors:
+            await sub.subscribe("orders.async", handler, queue="workers")
+            run = asyncio.create_task(publisher.publish_in_order(range(total)))
+            await eventually(lambda: publisher.done >= 3000, "3,000 publishes")
+            pending = pub.pending_acks
+            await asyncio.to_thread(server.kill)
+            await asyncio.sleep(1.0)  # down for a second
+            await asyncio.to_thread(server.start)
+            await run
+            republished = 0
+            for _ in range(10):
+                try:
+                    await pub.flush()
+                    break
+                except UnackedPublishes as exc:
+                    for failure in exc.failures:
+                        await pub.publish(failure.topic, failure.message)
+                    republished += exc.count
+            await eventually(lambda: len(counts) >= total, f"delivery of all {total}", 120)
+            missing = set(range(total)) - set(counts)
+            duplicates = sum(c - 1 for c in counts.values())
+            print(
+                f"JetStream async acks across a kill: {pending} acks pending at the kill, "
+                f"{publisher.retries} publishes raised and retried, "
+                f"{len(errors.of(UnackedPublish))} reported unacknowledged "
+                f"({republished} published again), {len(counts)} distinct delivered, "
+                f"{duplicates} duplicates"
+            )
+            assert pending > 0, "the kill must happen while acks are pending"
+            assert not missing, f"{len(missing)} messages lost"
+            assert pub.connected
+            assert sub.connected
     finally:
         await pub.disconnect()
         await sub.disconnect()

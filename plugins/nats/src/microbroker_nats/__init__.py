@@ -26,6 +26,8 @@ from .errors import (
     RequestTimeout,
     SlowConsumer,
     StreamError,
+    UnackedPublish,
+    UnackedPublishes,
 )
 from .options import NatsOptions
 
@@ -45,6 +47,8 @@ __all__ = [
     "Responder",
     "SlowConsumer",
     "StreamError",
+    "UnackedPublish",
+    "UnackedPublishes",
     "__version__",
     "durable_name",
 ]

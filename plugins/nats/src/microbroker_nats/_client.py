@@ -378,33 +378,43 @@ class FastClient(SafeClient):
         super().__init__()
         self._ps = FastParser(self)
         self._sinks: dict[int, tuple[Offer, Refused]] = {}
+        self._status_sinks: set[int] = set()
         self._valid_subjects: set[str] = set()
 
     async def subscribe_sink(
-        self, subject: str, queue: str, offer: Offer, refused: Refused
+        self, subject: str, queue: str, offer: Offer, refused: Refused, *, statuses: bool = False
     ) -> Subscription:
         """Subscribe ``subject`` (in queue group ``queue``): each message goes to ``offer``.
 
         The reader calls ``offer`` inline, without a coroutine; a message it
-        refuses goes to ``refused``.
+        refuses goes to ``refused``. Status messages (a header block
+        ``NATS/1.0 <code>``) are dropped unless ``statuses``: a reply inbox
+        needs its ``503`` (no responders).
         """
         # subscribe() takes the next sid before its first await, so no message can
         # arrive for it before the sink is in place.
         sid = self._sid + 1
         sink = (offer, refused)
         self._sinks[sid] = sink
+        if statuses:
+            self._status_sinks.add(sid)
         try:
             sub = await self.subscribe(subject, queue=queue)
         except BaseException:
             self._sinks.pop(sid, None)
+            self._status_sinks.discard(sid)
             raise
         if sub._id != sid:  # pragma: no cover - nats-py changed how it numbers subscriptions
             self._sinks.pop(sid, None)
             self._sinks[sub._id] = sink
+            if statuses:
+                self._status_sinks.discard(sid)
+                self._status_sinks.add(sub._id)
         return sub
 
     def release_sink(self, sub: Subscription) -> None:
         self._sinks.pop(sub._id, None)
+        self._status_sinks.discard(sub._id)
 
     def deliver_to_sink(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -419,8 +429,9 @@ class FastClient(SafeClient):
         if headers is not None:
             if not headers:
                 headers = None
-            elif len(headers) > 8 and headers[8] == 32:  # "NATS/1.0 100 ...": a status
-                return True  # (heartbeat, flow control): none is asked for
+            elif len(headers) > 8 and headers[8] == 32 and sid not in self._status_sinks:
+                # "NATS/1.0 100 ...": a status (heartbeat, flow control): none is asked for
+                return True
         name = _subjects.get(subject)
         if name is None:
             name = subject.decode()
@@ -444,7 +455,9 @@ class FastClient(SafeClient):
             # nats-py passes None for "no headers" although its annotation says bytes.
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
 
-    def write_publish(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> int:
+    def write_publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, reply: str = ""
+    ) -> int:
         """Queue a publish without awaiting: the per-message part of :meth:`publish`.
 
         Returns ``WRITE_FALLBACK`` when not connected (the caller then awaits
@@ -468,13 +481,13 @@ class FastClient(SafeClient):
             # The server's limit is on the header block and the payload together.
             if hdr_len + size > self._max_payload:
                 raise MaxPayloadError
-            line = f"HPUB {subject}  {hdr_len} {hdr_len + size}\r\n".encode()
+            line = f"HPUB {subject} {reply} {hdr_len} {hdr_len + size}\r\n".encode()
             self._pending += (line, hdr, payload, _CRLF)
             self._pending_data_size += len(line) + hdr_len + size + 2
         else:
             if size > self._max_payload:
                 raise MaxPayloadError
-            line = f"PUB {subject}  {size}\r\n".encode()
+            line = f"PUB {subject} {reply} {size}\r\n".encode()
             self._pending += (line, payload, _CRLF)
             self._pending_data_size += len(line) + size + 2
         stats = self.stats

@@ -15,6 +15,16 @@ once): sent again at once when the connection is lost (nats-py buffers it
 until it has reconnected, to this server or another), when no answer came
 within :data:`RESEND_AFTER`, and after a pause when nobody answered for the
 stream (``503``: in a cluster, while its leader is elected).
+
+With ``publish_acks="async"`` a JetStream publish returns once the message is
+written and counted among those awaiting their acknowledgement (at most
+``max_pending_acks``; a publish beyond waits for room). The common answer, a
+PubAck without ``duplicate``, settles it in the reader's frame, without a task.
+Anything else (no answer within :data:`RESEND_AFTER`, a lost connection, a
+``503``, a duplicate to compare) hands it to a task that runs the very loop a
+synchronous publish runs, until the publish's own ``publish_timeout``; what that
+loop gives up on is an :class:`~microbroker_nats.UnackedPublish`, reported to
+the ``on_error`` hooks and raised (with the others) by ``flush()``.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from microbroker.transport import (
     encode_envelope,
     header_size,
     new_message_id,
+    report_error,
 )
 
 from ._client import (
@@ -50,12 +61,13 @@ from ._client import (
     WRITE_FALLBACK,
     WRITE_FORCE,
     FastClient,
+    Item,
     header_block_size,
     parse_header_lines,
 )
 from ._jetstream import IN_PROCESS, Streams, Unavailable, unavailable
 from ._subjects import check_literal, is_pattern
-from .errors import NoResponders, RequestTimeout, StreamError
+from .errors import NoResponders, RequestTimeout, StreamError, UnackedPublish, UnackedPublishes
 from .options import NatsOptions
 
 logger = logging.getLogger("microbroker.broker.nats")
@@ -90,6 +102,36 @@ class _Lost(Exception):
 
 
 _NO_RESPONDERS = "503"
+# How a PubAck of a stored message begins (nats-server writes "error" first when there
+# is one); one without "duplicate" needs no parsing to tell that it is a plain success.
+_STORED = b'{"stream":'
+_DUPLICATE = b'"duplicate"'
+# The answer to a synchronous publish whose PubAck was a plain success (only
+# ``duplicate`` is read of it then).
+_STORED_ACK = api.PubAck(stream="", seq=0)
+#: ``UnackedPublish`` errors kept for ``flush()`` (the count goes on beyond).
+KEPT_FAILURES = 1000
+
+# An asynchronous publish awaiting its acknowledgement: topic, message, the wire body
+# and headers (to send again), its message id, when it was sent, its deadline, its timeout.
+_Entry = tuple[str, Message, bytes, dict[str, str] | None, str, float, float, float]
+
+
+def _read_ack(data: bytes, no_responders: bool) -> api.PubAck | Exception:
+    """JetStream's answer to a publish: its PubAck, or the error it says."""
+    if no_responders:
+        return nats.js.errors.NoStreamResponseError()
+    if data.startswith(_STORED) and _DUPLICATE not in data:
+        return _STORED_ACK
+    try:
+        answer = json.loads(data)
+        if "error" in answer:
+            nats.js.errors.APIError.from_error(answer["error"])  # raises it
+        return api.PubAck.from_response(answer)
+    except nats.js.errors.APIError as exc:
+        return exc
+    except (ValueError, TypeError, KeyError) as exc:
+        return PublishError(f"JetStream's acknowledgement was unreadable: {exc}")
 
 
 def declared_size(max_payload: int, *, jetstream: bool, envelope: bool) -> int:
@@ -129,6 +171,16 @@ def declared_header_bytes(*, jetstream: bool, envelope: bool, max_headers: int) 
     return JETSTREAM_MAX_HEADER_BLOCK - BLOCK_FRAMING - HEADER_FRAMING * max_headers - _MSG_ID_LINE
 
 
+def _expire(future: asyncio.Future[api.PubAck]) -> None:
+    """No acknowledgement came in time (see :meth:`Publisher._attempt`)."""
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+def _unused(item: Item) -> None:
+    """The refusal handler of the acknowledgement inbox, which refuses nothing."""
+
+
 class Publisher:
     """The publishing half of one connection (made on connect, dropped on disconnect)."""
 
@@ -153,29 +205,70 @@ class Publisher:
         self._acks: dict[str, asyncio.Future[api.PubAck]] = {}
         self._ack_prefix = ""
         self._tokens = itertools.count()
+        # publish_acks="async": publishes written and awaiting their acknowledgement, by
+        # ack token (oldest first), and how many are unsettled (these, and those a task
+        # sends again); publish waits on _room while max_pending_acks are.
+        self.async_acks = streams is not None and settings.publish_acks == "async"
+        self.max_unacked = settings.max_pending_acks
+        self._fast = type(nc) is FastClient
+        self._unacked: dict[str, _Entry] = {}
+        self.unacked = 0
+        self._room: asyncio.Future[None] | None = None
+        self._retrying: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        #: Asynchronous publishes given up on since the last flush(): kept (the first
+        #: KEPT_FAILURES) and counted.
+        self.failures: list[UnackedPublish] = []
+        self.failed = 0
 
     async def start(self) -> None:
         """Subscribe the inbox of JetStream's acknowledgements (JetStream mode)."""
         prefix = self.nc.new_inbox() + "."
-        await self.nc.subscribe(prefix + "*", cb=self._on_ack)
         self._ack_prefix = prefix
+        nc = self.nc
+        if isinstance(nc, FastClient):
+            # Acknowledgements go from the reader to _offer_ack, without a Msg or a queue.
+            await nc.subscribe_sink(prefix + "*", "", self._offer_ack, _unused, statuses=True)
+        else:
+            await nc.subscribe(prefix + "*", cb=self._on_ack)
+        if self.async_acks:
+            self._sweeper = asyncio.create_task(self._sweep())
+
+    def _offer_ack(self, item: Item) -> bool:
+        headers = item[3]
+        no_responders = isinstance(headers, bytes) and headers[9:12] == b"503"
+        self._ack(item[0][len(self._ack_prefix) :], item[2], no_responders)
+        return True
 
     async def _on_ack(self, msg: Msg) -> None:
-        future = self._acks.pop(msg.subject[len(self._ack_prefix) :], None)
-        if future is None or future.done():
-            return  # a send given up on (timed out, or sent again since)
-        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
-            future.set_exception(nats.js.errors.NoStreamResponseError())
+        headers = msg.headers
+        no_responders = headers is not None and headers.get("Status") == _NO_RESPONDERS
+        self._ack(msg.subject[len(self._ack_prefix) :], msg.data, no_responders)
+
+    def _ack(self, token: str, data: bytes, no_responders: bool) -> None:
+        """JetStream answered the send of ``token``: settle its publish."""
+        future = self._acks.pop(token, None)
+        if future is not None:
+            if not future.done():
+                answer = _read_ack(data, no_responders)
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
             return
-        try:
-            answer = json.loads(msg.data)
-            if "error" in answer:
-                nats.js.errors.APIError.from_error(answer["error"])  # raises it
-            future.set_result(api.PubAck.from_response(answer))
-        except nats.js.errors.APIError as exc:
-            future.set_exception(exc)
-        except (ValueError, TypeError, KeyError) as exc:
-            future.set_exception(PublishError(f"JetStream's acknowledgement was unreadable: {exc}"))
+        entry = self._unacked.pop(token, None)
+        if entry is None:
+            return  # a send given up on (timed out, or sent again since)
+        if not no_responders and data.startswith(_STORED) and _DUPLICATE not in data:
+            self._settled()  # stored: the common case, settled here
+            return
+        answer = _read_ack(data, no_responders)
+        if isinstance(answer, Exception):
+            self._retry(entry, answer, None)
+        elif answer.duplicate:
+            self._retry(entry, None, answer)
+        else:
+            self._settled()
 
     async def send(self, topic: str, message: Message, options: dict[str, Any]) -> None:
         """Publish ``message`` on ``topic`` (checked by ``Broker.publish`` already)."""
@@ -262,6 +355,175 @@ class Publisher:
         )
         return error
 
+    async def send_async(self, topic: str, message: Message, options: dict[str, Any]) -> None:
+        """A JetStream publish with ``publish_acks="async"``: written, its ack awaited apart.
+
+        Returns once the message is written (or buffered while reconnecting) and
+        counted among the unacknowledged, waiting first while ``max_pending_acks``
+        are. A topic not published to yet is looked up (or added) first. What
+        cannot be sent raises here, as a synchronous publish does; what is sent
+        and not acknowledged goes to :meth:`_failed`.
+        """
+        if "*" in topic or ">" in topic:
+            check_literal(topic)
+        given_id: str | None = None
+        given_timeout: float | None = None
+        if options:
+            given_id = options.pop("msg_id", None)
+            given_timeout = options.pop("timeout", None)
+            if options:
+                raise TypeError(
+                    f"nats publish() takes no option(s) {', '.join(options)}; "
+                    "in JetStream mode it takes msg_id and timeout"
+                )
+        msg_id = given_id or message.header(ID) or new_message_id()
+        timeout = given_timeout or self.settings.publish_timeout
+        streams = self.streams
+        assert streams is not None
+        if not streams.known(topic):
+            await self._look_up(streams, topic, timeout)
+        body, headers = self._wire(topic, message, msg_id)
+        loop = asyncio.get_running_loop()
+        while self.unacked >= self.max_unacked:  # backpressure: wait, never drop
+            room = self._room
+            if room is None:
+                room = self._room = loop.create_future()
+            await room
+        token = str(next(self._tokens))
+        now = loop.time()
+        self._unacked[token] = (topic, message, body, headers, msg_id, now, now + timeout, timeout)
+        self.unacked += 1
+        self.in_flight += 1
+        reply = self._ack_prefix + token
+        nc = self.nc
+        if self._fast:
+            fast: FastClient = nc  # type: ignore[assignment]  # _fast says so
+            try:
+                state = fast.write_publish(topic, body, headers, reply)
+            except nats.errors.Error as exc:
+                self._unwritten(token)
+                raise self.error(topic, message, exc) from exc
+            if state == WRITE_DONE:
+                return
+            if state != WRITE_FALLBACK:
+                # Written: whatever happens to this call, its acknowledgement is awaited.
+                await fast.kick(state == WRITE_FORCE)
+                return
+        try:
+            await nc.publish(topic, body, reply=reply, headers=headers)
+        except nats.errors.Error as exc:
+            self._unwritten(token)
+            raise self.error(topic, message, exc) from exc
+
+    def _unwritten(self, token: str) -> None:
+        """An asynchronous publish raised before it was written: it awaits nothing."""
+        if self._unacked.pop(token, None) is not None:
+            self._settled()
+
+    def _settled(self) -> None:
+        """An asynchronous publish is acknowledged or given up on: its room is free."""
+        self.unacked -= 1
+        self.in_flight -= 1
+        room = self._room
+        if room is not None and self.unacked < self.max_unacked:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+        if not self.in_flight and self._idle is not None:
+            self._idle.set()
+
+    def _retry(self, entry: _Entry, failure: Exception | None, ack: api.PubAck | None) -> None:
+        """Hand an asynchronous publish that was not simply stored to a task of its own."""
+        task = asyncio.get_running_loop().create_task(self._finish(entry, failure, ack))
+        self._retrying.add(task)
+        task.add_done_callback(self._retrying.discard)
+
+    async def _finish(
+        self, entry: _Entry, failure: Exception | None, ack: api.PubAck | None
+    ) -> None:
+        """Send again what ``failure`` calls for, or compare a ``duplicate`` ack, as a
+        synchronous publish would; what that gives up on is reported."""
+        topic, message, body, headers, msg_id, _, deadline, timeout = entry
+        streams = self.streams
+        assert streams is not None
+        try:
+            if ack is None:
+                ack = await self._store(
+                    streams, topic, message, body, headers, timeout, deadline, failure
+                )
+            if ack.duplicate:
+                await self._check_duplicate(topic, ack.stream, ack.seq, msg_id, body, headers)
+        except asyncio.CancelledError:
+            self._failed(
+                entry,
+                "the broker disconnected before JetStream acknowledged it; it may or may not "
+                "be stored: publish it again (with the same Micro-ID it is stored once)",
+                None,
+            )
+            raise
+        except Exception as exc:
+            self._failed(entry, str(exc), exc)
+        finally:
+            self._settled()
+
+    def _failed(self, entry: _Entry, reason: str, cause: BaseException | None) -> None:
+        """An asynchronous publish given up on: to the ``on_error`` hooks, and for flush()."""
+        error = UnackedPublish(entry[0], entry[4], entry[1], reason)
+        error.__cause__ = cause
+        self.failed += 1
+        if len(self.failures) < KEPT_FAILURES:
+            self.failures.append(error)
+        report_error(error, None)
+
+    async def _sweep(self) -> None:
+        """Hand publishes whose acknowledgement has not come within RESEND_AFTER to _retry."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(RESEND_AFTER / 4)
+            unacked = self._unacked
+            if not unacked:
+                continue
+            late = loop.time() - RESEND_AFTER
+            overdue = []
+            for token, entry in unacked.items():  # oldest first
+                if entry[5] > late:
+                    break
+                overdue.append(token)
+            for token in overdue:
+                self._retry(unacked.pop(token), TimeoutError(), None)
+
+    async def flush(self) -> None:
+        """Wait until no JetStream publish awaits its acknowledgement; raise what failed.
+
+        :class:`~microbroker_nats.UnackedPublishes` lists the asynchronous
+        publishes given up on since the last flush (each was reported to the
+        ``on_error`` hooks already). Every publish gives up by its own
+        ``publish_timeout``, so this ends.
+        """
+        await self._until_idle()
+        if self.failed:
+            failures, count = self.failures, self.failed
+            self.failures, self.failed = [], 0
+            raise UnackedPublishes(failures, count)
+
+    def close(self) -> None:
+        """The broker disconnects: asynchronous publishes still unacknowledged are given up."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        entries = list(self._unacked.values())
+        self._unacked.clear()
+        for entry in entries:
+            self._failed(
+                entry,
+                "the broker disconnected before JetStream acknowledged it; it may or may not "
+                "be stored: publish it again (with the same Micro-ID it is stored once)",
+                None,
+            )
+            self._settled()
+        for task in list(self._retrying):
+            task.cancel()
+
     async def _send_jetstream(self, topic: str, message: Message, options: dict[str, Any]) -> None:
         streams = self.streams
         assert streams is not None
@@ -299,8 +561,12 @@ class Publisher:
         headers: dict[str, str] | None,
         timeout: float,
         deadline: float,
+        first: Exception | None = None,
     ) -> api.PubAck:
-        """Send until the server acknowledges, until ``deadline`` (see the module)."""
+        """Send until the server acknowledges, until ``deadline`` (see the module).
+
+        ``first``: how the first send (an asynchronous publish's) failed already.
+        """
         loop = asyncio.get_running_loop()
         sends = 0
         silent = 0  # sends in a row that found nobody answering for the stream
@@ -310,6 +576,9 @@ class Publisher:
             sends += 1
             remaining = deadline - loop.time()
             try:
+                if first is not None:
+                    failure, first = first, None
+                    raise failure
                 return await self._attempt(topic, body, headers, min(remaining, RESEND_AFTER))
             except (_Lost, TimeoutError) as exc:
                 silent = 0
@@ -360,13 +629,27 @@ class Publisher:
         outside but by cancelling its task; this costs no task per publish.)
         """
         token = str(next(self._tokens))
-        future: asyncio.Future[api.PubAck] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[api.PubAck] = loop.create_future()
         acks = self._acks
         acks[token] = future
+        reply = self._ack_prefix + token
+        # One timer on the future, cheaper than asyncio.wait_for's waiter and callbacks.
+        expiry = loop.call_later(wait, _expire, future)
         try:
-            await self.nc.publish(topic, body, reply=self._ack_prefix + token, headers=headers)
-            return await asyncio.wait_for(future, wait)
+            nc = self.nc
+            if self._fast:
+                fast: FastClient = nc  # type: ignore[assignment]  # _fast says so
+                state = fast.write_publish(topic, body, headers, reply)
+                if state == WRITE_FALLBACK:
+                    await nc.publish(topic, body, reply=reply, headers=headers)
+                elif state != WRITE_DONE:
+                    await fast.kick(state == WRITE_FORCE)
+            else:
+                await nc.publish(topic, body, reply=reply, headers=headers)
+            return await future
         finally:
+            expiry.cancel()
             acks.pop(token, None)
 
     def connection_lost(self) -> None:
@@ -379,6 +662,11 @@ class Publisher:
         for future in self._acks.values():
             if not future.done():
                 future.set_exception(_Lost())
+        if self._unacked:
+            entries = list(self._unacked.values())
+            self._unacked.clear()
+            for entry in entries:
+                self._retry(entry, _Lost(), None)
 
     async def _recheck(self, streams: Streams, topic: str, wait: float) -> None:
         """Nobody answered for ``topic``'s stream: look it up again, in case it changed.
@@ -463,13 +751,21 @@ class Publisher:
             "duplicate: give each message an id of its own"
         )
 
+    async def _until_idle(self) -> None:
+        """Return once no JetStream publish awaits its acknowledgement."""
+        while self.in_flight:
+            idle = self._idle
+            if idle is None:
+                idle = self._idle = asyncio.Event()
+            idle.clear()  # set when in_flight next comes to 0 (other waiters woken already)
+            await idle.wait()
+
     async def wait_idle(self, timeout: float) -> None:
         """Wait (up to ``timeout`` seconds) for JetStream publishes awaiting their ack."""
         if not self.in_flight:
             return
-        self._idle = asyncio.Event()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._until_idle(), timeout)
         except TimeoutError:
             logger.warning(
                 "nats: %d JetStream publish(es) still unacknowledged after %ss",

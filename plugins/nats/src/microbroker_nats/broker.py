@@ -22,7 +22,7 @@ from microbroker import Capabilities, Message, NotConnected, Subscriber
 from microbroker.transport import Broker, Handler, check_topic
 
 from . import _connection
-from ._client import WRITE_DONE, WRITE_FALLBACK, WRITE_FORCE, FastClient
+from ._client import WRITE_DONE, WRITE_FALLBACK, WRITE_FORCE, FastClient, round_trip
 from ._delivery import JetStreamDelivery, NatsDelivery
 from ._jetstream import Streams, durable_name
 from ._publishing import MAX_HEADERS, Publisher, declared_header_bytes, declared_size
@@ -105,6 +105,15 @@ class NatsBroker(Broker):
             self._publisher.connection_lost()
 
     @property
+    def pending_acks(self) -> int:
+        """JetStream publishes sent and not yet acknowledged (nor given up on); 0 in core NATS.
+
+        With ``publish_acks="async"`` at most ``max_pending_acks``.
+        """
+        publisher = self._publisher
+        return publisher.in_flight if publisher is not None else 0
+
+    @property
     def client(self) -> NATS:
         """The underlying nats-py client, for what this broker does not expose."""
         if self._nc is None:
@@ -151,9 +160,18 @@ class NatsBroker(Broker):
         self._open = False
         self._lean = None
         try:
-            if self._publisher is not None:
+            publisher = self._publisher
+            if publisher is not None:
                 # JetStream publishes waiting for their acknowledgement finish first.
-                await self._publisher.wait_idle(self.settings.publish_timeout + 1)
+                await publisher.wait_idle(self.settings.publish_timeout + 1)
+                publisher.close()
+                if publisher.failed:
+                    self.logger.warning(
+                        "nats: %d publish(es) made with publish_acks='async' were not "
+                        "acknowledged by JetStream (each reported to on_error); flush() "
+                        "before disconnect() raises them",
+                        publisher.failed,
+                    )
             subs = list(self._subs)
             await asyncio.gather(*(sub.unsubscribe() for sub in subs), return_exceptions=True)
             await _connection.close(nc)
@@ -171,8 +189,9 @@ class NatsBroker(Broker):
 
         Core NATS hands the message to the connection (buffered while
         reconnecting, up to ``pending_size``). JetStream returns once the
-        server has stored it; options ``msg_id`` (the deduplication id, by
-        default the ``Micro-ID`` header, read in any case) and ``timeout``
+        server has stored it, or with ``publish_acks="async"`` once it is
+        written (see :meth:`flush`); options ``msg_id`` (the deduplication id,
+        by default the ``Micro-ID`` header, read in any case) and ``timeout``
         apply there.
         """
         lean = self._lean
@@ -195,7 +214,33 @@ class NatsBroker(Broker):
         publisher = self._publisher
         if publisher is None or self._closing:
             raise NotConnected("the nats broker is not connected")
+        if publisher.async_acks:
+            await publisher.send_async(topic, message, options)
+            return
         await publisher.send(topic, message, options)
+
+    async def flush(self) -> None:
+        """Wait until the server has every message published so far.
+
+        In JetStream mode: until no publish awaits its acknowledgement. With
+        ``publish_acks="async"`` it then raises
+        :class:`~microbroker_nats.UnackedPublishes` if any publish since the
+        last flush was not acknowledged (each one was reported to the
+        ``on_error`` hooks too, when the broker gave up on it, at most
+        ``publish_timeout`` after it was published). In core NATS: until the
+        server has processed everything written (a PING/PONG round trip).
+        """
+        nc = self._nc
+        publisher = self._publisher
+        if nc is None or publisher is None or self._closing:
+            raise NotConnected("the nats broker is not connected: call connect() first")
+        if publisher.streams is None:
+            try:
+                await round_trip(nc, self.settings.publish_timeout)
+            except nats.errors.Error as exc:
+                raise NotConnected(f"cannot flush the nats connection: {exc}") from exc
+            return
+        await publisher.flush()
 
     async def request(self, topic: str, message: Message, *, timeout: float = 5.0) -> Message:
         """Send ``message`` as a request on ``topic`` and return the reply.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from microbroker import MicrobrokerError, PublishError
+from collections.abc import Sequence
+
+from microbroker import Message, MicrobrokerError, PublishError
 
 
 class NatsError(MicrobrokerError):
@@ -71,6 +73,51 @@ class SlowConsumer(NatsError):
         )
 
 
+class UnackedPublish(NatsError, PublishError):
+    """A JetStream publish made with ``publish_acks="async"`` that JetStream did not acknowledge.
+
+    ``publish()`` had returned: this is reported to the ``on_error`` hooks (with
+    no delivery) when the broker gives up on the acknowledgement, and collected
+    for :meth:`~microbroker_nats.NatsBroker.flush`. Publishing :attr:`message`
+    again on :attr:`topic` is safe: with the same :attr:`message_id` the server
+    stores it once.
+    """
+
+    def __init__(self, topic: str, message_id: str, message: Message, reason: str) -> None:
+        #: The topic the message was published on.
+        self.topic = topic
+        #: Its ``Nats-Msg-Id`` (the ``Micro-ID`` header, or ``msg_id=``, or one drawn for it).
+        self.message_id = message_id
+        #: The message as it was published.
+        self.message = message
+        #: Why: the error the broker gave up with.
+        self.reason = reason
+        super().__init__(
+            f"nats: JetStream did not acknowledge the message {message_id!r} published on "
+            f"{topic!r} with publish_acks='async': {reason}"
+        )
+
+
+class UnackedPublishes(NatsError, PublishError):
+    """Raised by :meth:`~microbroker_nats.NatsBroker.flush`: publishes JetStream did not store.
+
+    :attr:`failures` holds each one (an :class:`UnackedPublish`, already
+    reported to the ``on_error`` hooks), the first 1,000 of :attr:`count`.
+    """
+
+    def __init__(self, failures: Sequence[UnackedPublish], count: int) -> None:
+        #: The publishes not acknowledged since the last flush (at most the first 1,000).
+        self.failures = list(failures)
+        #: How many there were.
+        self.count = count
+        first = failures[0]
+        super().__init__(
+            f"nats: {count} publish(es) made with publish_acks='async' were not acknowledged "
+            f"by JetStream since the last flush; the first: {first.message_id!r} on "
+            f"{first.topic!r}: {first.reason}"
+        )
+
+
 __all__ = [
     "NatsAuthError",
     "NatsConnectError",
@@ -80,4 +127,6 @@ __all__ = [
     "RequestTimeout",
     "SlowConsumer",
     "StreamError",
+    "UnackedPublish",
+    "UnackedPublishes",
 ]

@@ -26,6 +26,7 @@ MIN_PAYLOAD = 4096
 
 Storage = Literal["file", "memory"]
 DeliverPolicy = Literal["new", "all"]
+PublishAcks = Literal["sync", "async"]
 
 
 @dataclass(slots=True)
@@ -104,6 +105,14 @@ class NatsOptions:
     """Messages a consumer may have delivered and not yet acked."""
     publish_timeout: float = 5.0
     """Seconds a JetStream publish waits for the server's acknowledgement."""
+    publish_acks: PublishAcks = "sync"
+    """``sync``: a JetStream publish returns once the server has stored the message.
+    ``async``: it returns once the message is written, its acknowledgement awaited in the
+    background (at most ``max_pending_acks`` at once); a message not acknowledged is
+    reported to the ``on_error`` hooks and raised by :meth:`NatsBroker.flush`."""
+    max_pending_acks: int = 4000
+    """With ``publish_acks="async"``: publishes awaiting their acknowledgement at once;
+    a publish beyond it waits for room (nats-py's and nats.go's default, 4000)."""
     deliver_policy: DeliverPolicy = "new"
     """Where a new consumer starts: ``new`` messages only, or ``all`` the stream holds."""
     inactive_threshold: float = 3600.0
@@ -148,6 +157,10 @@ class NatsOptions:
             raise ValueError("connect_attempts must be at least 1")
         if self.max_deliver == 0 or self.max_deliver < -1:
             raise ValueError("max_deliver must be positive, or -1 for no limit")
+        if self.publish_acks not in ("sync", "async"):
+            raise ValueError(f"publish_acks must be 'sync' or 'async', not {self.publish_acks!r}")
+        if self.max_pending_acks < 1:
+            raise ValueError("max_pending_acks must be at least 1")
         if self.max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         if self.max_payload < MIN_PAYLOAD:
