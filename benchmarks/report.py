@@ -27,28 +27,59 @@ def _ratio(a: float | None, b: float | None, lower_is_better: bool = False) -> s
     return f"{(b / a if lower_is_better else a / b):.2f}x"
 
 
-def throughput_table(rows: list[dict[str, Any]], section: str, title: str) -> list[str]:
-    grouped: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+def _measured(
+    rows: list[dict[str, Any]], section: str
+) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Rows of ``section`` by (transport, shape, size), then by variant."""
+    grouped: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(dict)
     for r in rows:
         if r["section"] == section:
-            grouped[(r["transport"], r["shape"], r["size"])][r["variant"]] = r["value"]
+            grouped[(r["transport"], r["shape"], r["size"])][r["variant"]] = r
+    return grouped
+
+
+def ratio_of(v: dict[str, Any], kind: str, baseline: str) -> float | None:
+    """``kind`` over ``baseline``: the median of the per-round ratios of an interleaved
+    run, or the ratio of the two rates where the rounds were not kept."""
+    row, base = v.get(kind), v.get(baseline)
+    if not row or not base or not base["value"]:
+        return None
+    found = row.get("extra", {}).get(f"vs_{baseline}")
+    if found:
+        return float(found["median"])
+    return float(row["value"] / base["value"])
+
+
+def _ratio_cell(v: dict[str, Any], kind: str, baseline: str) -> str:
+    x = ratio_of(v, kind, baseline)
+    if x is None:
+        return "-"
+    found = v[kind].get("extra", {}).get(f"vs_{baseline}")
+    if found and found.get("rounds", 0) > 1:
+        return f"{x:.2f}x ({found['min']:.2f}-{found['max']:.2f})"
+    return f"{x:.2f}x"
+
+
+def throughput_table(rows: list[dict[str, Any]], section: str, title: str) -> list[str]:
+    grouped = _measured(rows, section)
     if not grouped:
         return []
     lines = [
         f"### {title}",
         "",
-        "Deliveries per second (a fan-out of ten counts ten per message); "
-        "ratios are microbroker's rate over the other's.",
+        "Deliveries per second, each variant's best round (a fan-out of ten counts ten "
+        "per message). Ratios are microbroker's over the other's, taken in each "
+        "interleaved round: the median, and in brackets the lowest and highest round.",
         "",
         "| transport | shape | body | raw | microbroker | FastStream | vs raw | vs FastStream |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (transport, shape, size), v in grouped.items():
-        cells = [_fmt(v[k], "msg/s") if k in v else "-" for k in KINDS]
-        mb = v.get("microbroker")
+        cells = [_fmt(v[k]["value"], "msg/s") if k in v else "-" for k in KINDS]
         lines.append(
             f"| {transport} | {shape} | {size} | {' | '.join(cells)} | "
-            f"{_ratio(mb, v.get('raw'))} | {_ratio(mb, v.get('faststream'))} |"
+            f"{_ratio_cell(v, 'microbroker', 'raw')} | "
+            f"{_ratio_cell(v, 'microbroker', 'faststream')} |"
         )
     return [*lines, ""]
 
@@ -73,27 +104,38 @@ def latency_table(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _spread_cell(row: dict[str, Any], baseline: str) -> str:
+    found = row.get("extra", {}).get(f"vs_{baseline}")
+    if not found:
+        return "-"
+    if found.get("rounds", 0) > 1:
+        return f"{found['median']:.2f}x ({found['min']:.2f}-{found['max']:.2f})"
+    return f"{found['median']:.2f}x"
+
+
 def simple_table(rows: list[dict[str, Any]], section: str, title: str, note: str) -> list[str]:
     found = [r for r in rows if r["section"] == section]
     if not found:
         return []
+    with_ratio = any("vs_raw" in r.get("extra", {}) for r in found)
     lines = [
         f"### {title}",
         "",
         note,
         "",
-        "| transport | variant | case | body | value |",
-        "| --- | --- | --- | --- | ---: |",
+        "| transport | variant | case | body | value |" + (" vs raw |" if with_ratio else ""),
+        "| --- | --- | --- | --- | ---: |" + (" ---: |" if with_ratio else ""),
     ]
     for r in found:
         lines.append(
             f"| {r['transport']} | {r['variant']} | {r['shape']} | {r['size']} | "
             f"{_fmt(r['value'], r['unit'])} {r['unit'] if r['unit'] == 'msg/s' else ''} |"
+            + (f" {_spread_cell(r, 'raw')} |" if with_ratio else "")
         )
     return [*lines, ""]
 
 
-def _confluent_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list[str]:
+def _confluent_targets(tp: dict[tuple[str, str, str], dict[str, Any]]) -> list[str]:
     """microbroker-kafka on librdkafka (client="confluent") against both raw clients."""
     lines = []
     for other, label, goal in (
@@ -101,12 +143,11 @@ def _confluent_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list
         ("raw-confluent", "raw confluent-kafka", 0.8),
     ):
         found = {
-            (shape, size): v["microbroker-confluent"] / v[other]
+            (shape, size): x
             for (t, shape, size), v in tp.items()
             if t == "kafka"
             and size in ("128B", "1KiB")
-            and other in v
-            and "microbroker-confluent" in v
+            and (x := ratio_of(v, "microbroker-confluent", other)) is not None
         }
         if found:
             each = ", ".join(f"{shape} {size} {x:.2f}x" for (shape, size), x in found.items())
@@ -136,21 +177,18 @@ def _jetstream_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list
 
 def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, each with the ratio measured in this run."""
-    tp: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
-    for r in rows:
-        if r["section"] == "throughput":
-            tp[(r["transport"], r["shape"], r["size"])][r["variant"]] = r["value"]
+    tp = _measured(rows, "throughput")
     lines = ["### Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for transport in ("nats", "kafka", "mqtt"):
         raw = [
-            v["microbroker"] / v["raw"]
+            x
             for (t, _, _), v in tp.items()
-            if t == transport and "raw" in v and "microbroker" in v
+            if t == transport and (x := ratio_of(v, "microbroker", "raw")) is not None
         ]
         fs = [
-            v["microbroker"] / v["faststream"]
+            x
             for (t, _, _), v in tp.items()
-            if t == transport and "faststream" in v and "microbroker" in v
+            if t == transport and (x := ratio_of(v, "microbroker", "faststream")) is not None
         ]
         if raw:
             lines.append(
@@ -199,8 +237,8 @@ def markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
     lines = [
         f"Run of {m['date']} on {m['cpu']} ({m['cpus']} CPUs, shared), Python {m['python']}, "
-        f"{m['platform']}; {'quick mode' if data['quick'] else 'full run'}, best of "
-        f"{data['repeat']}, {data['seconds']} s.",
+        f"{m['platform']}; {'quick mode' if data['quick'] else 'full run'}, "
+        f"{data['repeat']} interleaved round(s) per case, {data['seconds']} s.",
         "",
     ]
     lines += targets(rows)

@@ -17,8 +17,11 @@ child process on a free loopback port, stopped afterwards):
 - RPC over NATS: call latency p50 and calls/s with 64 callers, against raw
   nats-py request/reply.
 
-Every comparison is measured back to back in the same run, each case
-``repeat`` times, keeping the best (the least disturbed on a shared machine).
+Every comparison is measured in the same run with its rounds interleaved: all
+variants of a case are opened, then each round measures each variant once, in
+turn (the order rotated every round), ``repeat`` rounds. The ratio of two
+variants is taken in each round; the report gives its median and its spread
+(min-max over the rounds), and each variant's best round as its rate.
 Writes ``benchmarks/results/run.json`` and ``benchmarks/results/run.md``;
 ``--publish`` also writes docs/benchmarks.md and docs/benchmarks-throughput.png.
 """
@@ -63,7 +66,7 @@ class Row:
     size: str
     value: float
     unit: str
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def body_of(size: int) -> bytes:
@@ -154,37 +157,154 @@ async def _open(variant: Variant, topic: str, subs: int, queue: str | None, hit:
     await variant.ready()
 
 
-async def throughput(
-    make: Callable[[], Variant], size: int, subs: int, queue: str | None, messages: int, repeat: int
-) -> float:
-    """Deliveries per second, best of ``repeat``."""
+@dataclass
+class _Opened:
+    """One variant of a case, open, with its counter and its publishers."""
+
+    kind: str
+    variant: Variant
+    state: dict[str, Counter]
+    publishers: list[Any]
+
+
+async def _open_case(
+    kind: str,
+    make: Callable[[], Variant],
+    subs: int,
+    queue: str | None,
+    topics: int,
+    body: bytes,
+) -> _Opened:
     variant = make()
     tag = uuid.uuid4().hex[:8]
-    topic = variant.separator.join(("bench", tag))
-    queue = f"{queue}-{tag}" if queue else None  # a group of its own per case
-    per_message = 1 if queue else subs
+    names = (
+        [variant.separator.join(("bench", tag))]
+        if topics == 1
+        else [variant.separator.join(("bench", tag, str(i))) for i in range(topics)]
+    )
+    group = f"{queue}-{tag}" if queue else None  # a group of its own per case
     state: dict[str, Counter] = {"c": Counter(1 << 62)}
 
     def hit() -> None:
         state["c"].hit()
 
-    await _open(variant, topic, subs, queue, hit)
+    await variant.open()
     try:
-        publish = variant.publisher(topic, body_of(size))
-
-        async def once(n: int) -> float:
-            counter = state["c"] = Counter(n * per_message)
-            start = time.perf_counter()
-            for _ in range(n):
-                await publish()
-            await counter.wait(30)
-            return time.perf_counter() - start
-
-        await once(max(50, messages // 10))  # warm up
-        best = min([await once(messages) for _ in range(repeat)])
-        return messages * per_message / best
-    finally:
+        for name in names:
+            for _ in range(subs):
+                await variant.subscribe(name, group, hit)
+        await variant.ready()
+        publishers = [variant.publisher(name, body) for name in names]
+    except BaseException:
         await variant.close()
+        raise
+    return _Opened(kind, variant, state, publishers)
+
+
+async def _once(case: _Opened, n: int, per_message: int) -> float:
+    """Seconds to publish ``n`` messages and see all their deliveries."""
+    counter = case.state["c"] = Counter(n * per_message)
+    publishers = case.publishers
+    topics = len(publishers)
+    start = time.perf_counter()
+    if topics == 1:
+        publish = publishers[0]
+        for _ in range(n):
+            await publish()
+    else:
+        for i in range(n):
+            await publishers[i % topics]()
+    await counter.wait(30)
+    return time.perf_counter() - start
+
+
+async def interleaved(
+    factories: dict[str, Callable[[], Variant]],
+    *,
+    size: int,
+    subs: int,
+    queue: str | None,
+    messages: int,
+    repeat: int,
+    topics: int = 1,
+    log_failure: Callable[[str, BaseException], None] | None = None,
+) -> dict[str, list[float]]:
+    """Deliveries per second of each variant, one rate per round.
+
+    Every variant is opened first (its own topic, its own group), then the
+    rounds run in turn: in round ``r`` each variant measures once, the order
+    rotated by ``r`` so that no variant always runs first or last. A burst of
+    other work on the machine then lands on every variant's rounds alike, and
+    the ratio of two variants in the same round is the steady number to read.
+    """
+    per_message = 1 if queue else subs
+    body = body_of(size)
+    opened: list[_Opened] = []
+    try:
+        for kind, make in factories.items():
+            try:
+                opened.append(await _open_case(kind, make, subs, queue, topics, body))
+            except Exception as exc:  # one broken variant must not lose the others
+                if log_failure is None:
+                    raise
+                log_failure(kind, exc)
+        rates: dict[str, list[float]] = {case.kind: [] for case in opened}
+        failed: set[str] = set()
+        for case in opened:  # warm up
+            try:
+                await _once(case, max(50, topics, messages // 10), per_message)
+            except Exception as exc:
+                if log_failure is None:
+                    raise
+                log_failure(case.kind, exc)
+                failed.add(case.kind)
+        for r in range(repeat):
+            order = opened[r % len(opened) :] + opened[: r % len(opened)] if opened else []
+            for case in order:
+                if case.kind in failed:
+                    continue
+                try:
+                    seconds = await _once(case, messages, per_message)
+                except Exception as exc:
+                    if log_failure is None:
+                        raise
+                    log_failure(case.kind, exc)
+                    failed.add(case.kind)
+                    continue
+                rates[case.kind].append(messages * per_message / seconds)
+        return {kind: found for kind, found in rates.items() if found and kind not in failed}
+    finally:
+        for case in opened:
+            with contextlib.suppress(Exception):
+                await case.variant.close()
+
+
+def spread(rates: dict[str, list[float]], kind: str, baseline: str) -> dict[str, float]:
+    """The ratio ``kind``/``baseline`` in each round: its median, min and max."""
+    pairs = sorted(a / b for a, b in zip(rates[kind], rates[baseline], strict=False) if b)
+    if not pairs:
+        return {}
+    n = len(pairs)
+    median = pairs[n // 2] if n % 2 else (pairs[n // 2 - 1] + pairs[n // 2]) / 2
+    return {"median": median, "min": pairs[0], "max": pairs[-1], "rounds": float(n)}
+
+
+def rows_of(
+    section: str,
+    transport: str,
+    shape: str,
+    size: str,
+    rates: dict[str, list[float]],
+) -> list[Row]:
+    """One row per variant: the best round as the value, every round and the ratios in extra."""
+    found = []
+    for kind, values in rates.items():
+        extra: dict[str, Any] = {"rounds": values}
+        for baseline in rates:
+            if baseline != kind and (baseline.startswith("raw") or baseline == "faststream"):
+                extra[f"vs_{baseline}"] = spread(rates, kind, baseline)
+        found.append(Row(section, transport, kind, shape, size, max(values), "msg/s", extra))
+    return found
 
 
 async def latency(make: Callable[[], Variant], rate: int, seconds: float) -> dict[str, float]:
@@ -235,42 +355,6 @@ async def _all_received(received: list[float], count: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def scaling(
-    make: Callable[[], Variant], subs: int, topics: int, messages: int, repeat: int
-) -> float:
-    """Deliveries/s with ``subs`` subscribers per topic on ``topics`` topics, 128 B bodies."""
-    variant = make()
-    tag = uuid.uuid4().hex[:8]
-    names = [variant.separator.join(("bench", tag, str(i))) for i in range(topics)]
-    state: dict[str, Counter] = {"c": Counter(1 << 62)}
-
-    def hit() -> None:
-        state["c"].hit()
-
-    await variant.open()
-    try:
-        for name in names:
-            for _ in range(subs):
-                await variant.subscribe(name, None, hit)
-        await variant.ready()
-        body = body_of(128)
-        publishers = [variant.publisher(name, body) for name in names]
-
-        async def once(n: int) -> float:
-            counter = state["c"] = Counter(n * subs)
-            start = time.perf_counter()
-            for i in range(n):
-                await publishers[i % topics]()
-            await counter.wait(30)
-            return time.perf_counter() - start
-
-        await once(max(topics, messages // 10))
-        best = min([await once(messages) for _ in range(repeat)])
-        return messages * subs / best
-    finally:
-        await variant.close()
-
-
 # --- the run --------------------------------------------------------------------------
 
 
@@ -301,18 +385,26 @@ async def run_transport(transport: Transport, server: Any, plan: Plan, rows: lis
             if plan.quick and shape == "queue4" and size_name != "128B":
                 continue
             n = plan.messages(size, 1 if queue else subs)
-            for kind, factory in variants.items():
-                try:
-                    rate = await throughput(
-                        lambda f=factory: f(server), size, subs, queue, n, plan.repeat
-                    )
-                except Exception as exc:  # one broken case must not lose the run
-                    log(f"  {transport.name} {kind} {shape} {size_name}: FAILED {exc!r}")
-                    continue
-                rows.append(
-                    Row("throughput", transport.name, kind, shape, size_name, rate, "msg/s")
+
+            def failed(kind: str, exc: BaseException, case: str = f"{shape} {size_name}") -> None:
+                log(f"  {transport.name} {kind} {case}: FAILED {exc!r}")
+
+            rates = await interleaved(
+                {kind: (lambda f=factory: f(server)) for kind, factory in variants.items()},
+                size=size,
+                subs=subs,
+                queue=queue,
+                messages=n,
+                repeat=plan.repeat,
+                log_failure=failed,
+            )
+            found = rows_of("throughput", transport.name, shape, size_name, rates)
+            rows += found
+            for row in found:
+                log(
+                    f"  {transport.name:15} {row.variant:12} {shape:9} {size_name:6} "
+                    f"{row.value:>10,.0f} msg/s{_ratios(row)}"
                 )
-                log(f"  {transport.name:15} {kind:12} {shape:9} {size_name:6} {rate:>10,.0f} msg/s")
     rate, seconds = (500, 1.0) if plan.quick else (1000, 5.0)
     for kind, factory in variants.items():
         try:
@@ -338,19 +430,44 @@ async def run_transport(transport: Transport, server: Any, plan: Plan, rows: lis
                 f"p99 {lat['p99']:.0f} p99.9 {lat['p99.9']:.0f} us"
             )
     if transport.scaling and (transport.name in ("memory", "nats", "mqtt") or not plan.quick):
-        for kind, factory in variants.items():
-            if kind == "faststream" and plan.quick:
-                continue
-            for subs, topics in ((1, 1), (10, 1), (100, 1), (1, 10), (1, 100)):
-                n = (1_000 if plan.quick else 10_000) // max(1, subs // 10)
-                try:
-                    rate = await scaling(lambda f=factory: f(server), subs, topics, n, plan.repeat)
-                except Exception as exc:
-                    log(f"  {transport.name} {kind} scaling {subs}x{topics}: FAILED {exc!r}")
-                    continue
-                shape = f"{subs} subs x {topics} topics"
-                rows.append(Row("scaling", transport.name, kind, shape, "128B", rate, "msg/s"))
-                log(f"  {transport.name:15} {kind:12} {shape:22} {rate:>10,.0f} deliveries/s")
+        kinds = {
+            kind: (lambda f=factory: f(server))
+            for kind, factory in variants.items()
+            if not (kind == "faststream" and plan.quick)
+        }
+        for subs, topics in ((1, 1), (10, 1), (100, 1), (1, 10), (1, 100)):
+            n = (1_000 if plan.quick else 10_000) // max(1, subs // 10)
+            shape = f"{subs} subs x {topics} topics"
+
+            def failed_scaling(kind: str, exc: BaseException, case: str = shape) -> None:
+                log(f"  {transport.name} {kind} scaling {case}: FAILED {exc!r}")
+
+            rates = await interleaved(
+                kinds,
+                size=128,
+                subs=subs,
+                queue=None,
+                messages=n,
+                repeat=plan.repeat,
+                topics=topics,
+                log_failure=failed_scaling,
+            )
+            found = rows_of("scaling", transport.name, shape, "128B", rates)
+            rows += found
+            for row in found:
+                log(
+                    f"  {transport.name:15} {row.variant:12} {shape:22} "
+                    f"{row.value:>10,.0f} deliveries/s{_ratios(row)}"
+                )
+
+
+def _ratios(row: Row) -> str:
+    parts = []
+    for baseline in ("raw", "faststream"):
+        s = row.extra.get(f"vs_{baseline}")
+        if s:
+            parts.append(f"vs {baseline} {s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})")
+    return ("  " + ", ".join(parts)) if parts else ""
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -452,7 +569,9 @@ def main() -> None:
         "--only",
         help="comma-separated: memory,http,nats,nats-jetstream,mqtt,kafka,rabbitmq,rpc,rss",
     )
-    parser.add_argument("--repeat", type=int, help="runs per case, the best is kept")
+    parser.add_argument(
+        "--repeat", type=int, help="interleaved rounds per case (default 3; 1 with --quick)"
+    )
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument(
         "--publish",
