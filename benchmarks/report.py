@@ -156,7 +156,7 @@ def _confluent_targets(tp: dict[tuple[str, str, str], dict[str, Any]]) -> list[s
     return lines
 
 
-def _jetstream_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list[str]:
+def _jetstream_targets(tp: dict[tuple[str, str, str], dict[str, Any]]) -> list[str]:
     """JetStream's Event API against raw nats-py, acks awaited (sync) and in flight (async)."""
     lines = []
     for mine, raw, label in (
@@ -164,9 +164,11 @@ def _jetstream_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list
         ("microbroker-async", "raw-async", "js.publish_async"),
     ):
         found = {
-            (shape, size): v[mine] / v[raw]
+            (shape, size): x
             for (t, shape, size), v in tp.items()
-            if t == "nats-jetstream" and size in ("128B", "1KiB") and raw in v and mine in v
+            if t == "nats-jetstream"
+            and size in ("128B", "1KiB")
+            and (x := ratio_of(v, mine, raw)) is not None
         }
         if found:
             each = ", ".join(f"{shape} {size} {x:.2f}x" for (shape, size), x in found.items())
