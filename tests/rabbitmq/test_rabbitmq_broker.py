@@ -21,7 +21,7 @@ from support.rabbitmq_server import RabbitMQServer
 import microbroker
 from microbroker import Message, MicrobrokerError
 from microbroker.transport import InvalidTopic, header_size
-from microbroker_rabbitmq import RabbitMQBroker, RabbitMQOptions
+from microbroker_rabbitmq import ConnectError, RabbitMQBroker, RabbitMQOptions
 
 
 def _topic(name: str) -> str:
@@ -77,13 +77,28 @@ async def test_user_password_and_vhost_come_from_the_address(
     async with RabbitMQBroker(plain, user="app", password="s3cr:t/@x", vhost="shop/eu") as other:
         assert other.connected
 
-    with pytest.raises(MicrobrokerError) as refused:
+    with pytest.raises(ConnectError) as refused:
         await RabbitMQBroker(plain, user="app", password="wrong", vhost="shop/eu").connect()
     text = str(refused.value)
     assert f"127.0.0.1:{server.port}" in text
     assert "wrong" not in text, "an error message must not show the password"
-    with pytest.raises(MicrobrokerError):
+    with pytest.raises(ConnectError):
         await RabbitMQBroker(server.url.replace("shop%2Feu", "nowhere")).connect()
+
+
+async def test_a_dead_address_is_a_public_connect_error() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    broker = RabbitMQBroker(f"amqp://127.0.0.1:{port}/", connect_timeout=2.0)
+    with pytest.raises(ConnectError) as refused:
+        await broker.connect()
+    assert isinstance(refused.value, MicrobrokerError)
+    assert isinstance(refused.value, ConnectionError)
+    assert f"127.0.0.1:{port}" in str(refused.value)
+    assert not broker.connected
 
 
 async def test_options_come_from_keywords_then_the_environment(

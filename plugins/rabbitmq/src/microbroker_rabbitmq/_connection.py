@@ -21,18 +21,14 @@ from typing import Any
 import aiormq
 import aiormq.abc
 
-from microbroker import MicrobrokerError
 from microbroker.transport import NotConnected, backoff, report_error
 
+from .errors import ConnectError
 from .options import Endpoint, RabbitMQOptions
 
 logger = logging.getLogger("microbroker.broker.rabbitmq")
 
 Reconnected = Callable[[aiormq.abc.AbstractConnection], Awaitable[None]]
-
-
-class ConnectError(MicrobrokerError):
-    """No server of the address could be reached (or it refused the credentials)."""
 
 
 def amqp_url(endpoint: Endpoint, options: RabbitMQOptions) -> str:
