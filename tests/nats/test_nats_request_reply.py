@@ -121,3 +121,43 @@ async def test_a_request_is_checked_as_a_publish_is(nats_server: NatsServer) -> 
         reply = await broker.request("checked.echo", microbroker.Message(b"\1" * limit))
         assert reply.body == b"\1" * limit
         assert broker.connected
+
+
+async def test_concurrent_requests_get_their_own_replies_and_a_late_one_is_dropped(
+    nats_server: NatsServer,
+) -> None:
+    """Replies share one inbox per connection: each finds its own request, none another's."""
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def echo(delivery: NatsDelivery) -> microbroker.Message:
+        body = delivery.message.body
+        if body == b"late":
+            arrived.set()
+            await release.wait()
+        return microbroker.Message(body, {"X-Echo": body.decode()})
+
+    async with (
+        NatsBroker(nats_server.url) as service,
+        NatsBroker(nats_server.url) as client,
+    ):
+        await service.serve("echo.each", echo)
+        with pytest.raises(RequestTimeout):
+            await client.request("echo.each", microbroker.Message(b"late"), timeout=0.2)
+        release.set()  # the late reply goes to a request that gave up
+        bodies = [str(n).encode() for n in range(50)]
+        replies = await asyncio.gather(
+            *(client.request("echo.each", microbroker.Message(b)) for b in bodies)
+        )
+        assert [r.body for r in replies] == bodies
+        assert [r.header("x-echo") for r in replies] == [b.decode() for b in bodies]
+        # A request cancelled while it waits for its reply: the next one works.
+        release.clear()
+        arrived.clear()
+        waiting = asyncio.ensure_future(client.request("echo.each", microbroker.Message(b"late")))
+        await asyncio.wait_for(arrived.wait(), 10)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        release.set()
+        assert (await client.request("echo.each", microbroker.Message(b"after"))).body == b"after"

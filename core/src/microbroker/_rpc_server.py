@@ -8,8 +8,9 @@ import contextlib
 import inspect
 import logging
 import os
+import types
 import typing
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import Any
 
 from . import codecs
@@ -161,6 +162,31 @@ class _Expired(Exception):
     """The request's deadline passed: the caller has given up, nothing is sent."""
 
 
+@types.coroutine
+def _resume(call: Coroutine[Any, Any, Any], step: Any) -> Generator[Any, Any, Any]:
+    """Go on with ``call``, a coroutine that suspended yielding ``step``, as ``await`` would.
+
+    What the task sends or throws in goes to ``call`` (a cancellation included),
+    what ``call`` yields goes to the task, and its result is the result.
+    """
+    while True:
+        try:
+            sent = yield step
+        except GeneratorExit:
+            call.close()
+            raise
+        except BaseException as exc:
+            try:
+                step = call.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                step = call.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
 class RpcServer:
     """The RPC machinery of one :class:`Server`: request subscription, inbox, running calls."""
 
@@ -175,11 +201,16 @@ class RpcServer:
         self._sub: Subscriber | None = None
         self._inbox_sub: Subscriber | None = None
         self._inbox_lock = asyncio.Lock()
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self.max_concurrency = max_concurrency
+        self._running = 0
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: dict[str, _ServerStream] = {}
         self._codecs: dict[str, codecs.Codec] = {}
         self.closing = False
+
+    #: The loop the server runs on, set by :meth:`start` (before any request comes).
+    _loop: asyncio.AbstractEventLoop
 
     def add(self, handler: RpcHandler) -> None:
         taken = self.endpoints.keys() & handler.endpoints.keys()
@@ -206,9 +237,12 @@ class RpcServer:
         if self._sub is not None or not self.endpoints:
             return
         self.closing = False
+        # Kept: asyncio.get_running_loop() makes a system call on Python 3.11 (getpid).
+        self._loop = asyncio.get_running_loop()
         topic = service_topic(self.service)
         if isinstance(self.broker, RequestReply):
-            self._sub = await self.broker.serve(topic, self._respond, queue=self.service)
+            # The responder answers through delivery.respond() from the call's task: None here.
+            self._sub = await self.broker.serve(topic, self._on_request, queue=self.service)
         else:
             self._sub = await self.broker.subscribe(
                 topic, self._on_request, queue=self.service, auto_ack=True
@@ -235,24 +269,50 @@ class RpcServer:
             with contextlib.suppress(Exception):
                 await inbox.unsubscribe()
 
-    async def _respond(self, delivery: Delivery) -> Message | None:
-        await self._on_request(delivery)
-        return None  # answered by the task, through delivery.respond()
-
     async def _on_request(self, delivery: Delivery) -> None:
         if self.closing:
             # Left to the broker: another instance (or this one, restarted) takes it.
             await delivery.nack()
             return
         # Waiting for a slot holds the broker back: running calls never exceed max_concurrency.
-        await self._slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._serve(delivery))
+        if self._running >= self.max_concurrency:
+            await self._wait_for_slot()
+        self._running += 1
+        task = self._loop.create_task(self._serve(delivery))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
+    async def _wait_for_slot(self) -> None:
+        # A counter and a queue of waiters instead of an asyncio.Semaphore: a free slot (the
+        # common case) costs no coroutine.
+        loop = asyncio.get_running_loop()
+        waiters = self._slot_waiters
+        while self._running >= self.max_concurrency:
+            waiter = loop.create_future()
+            waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: the slot goes to the next
+                else:
+                    with contextlib.suppress(ValueError):
+                        waiters.remove(waiter)
+                raise
+
+    def _wake_one(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._running -= 1
+        if self._slot_waiters:
+            self._wake_one()
 
     async def _serve(self, delivery: Delivery) -> None:
         message = delivery.message
@@ -310,12 +370,27 @@ class RpcServer:
             value = self._decode(delivery, message, content_type, endpoint)
         except RpcError as exc:
             return error_message(exc, None)
-        deadline = asyncio.timeout(left)
+        deadline: asyncio.Timeout | None = None
         try:
-            async with deadline:
-                result = await endpoint.invoke(value, delivery)
+            call = endpoint.invoke(value, delivery)
+            if type(call) is types.CoroutineType:
+                # Started here, in this task: a handler that returns before it first suspends
+                # needs no timer (none could fire before it suspends), and one that suspends
+                # goes on under the deadline, from the point where it stopped.
+                try:
+                    step = call.send(None)
+                except StopIteration as stop:
+                    result = stop.value
+                else:
+                    deadline = asyncio.timeout(left)
+                    async with deadline:
+                        result = await _resume(call, step)
+            else:
+                deadline = asyncio.timeout(left)
+                async with deadline:
+                    result = await call
         except TimeoutError as exc:
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 raise _Expired from exc
             return error_message(self._failed(exc, delivery), None)
         except RpcError as exc:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from _helpers import WAIT
+from _helpers import WAIT, quiesce, wait_until
 from google.protobuf import wrappers_pb2
 
 import microbroker
@@ -192,6 +192,89 @@ async def test_stop_answers_503_for_a_call_that_outlives_the_grace(
     with pytest.raises(RpcError) as stopped:
         await call
     assert stopped.value.code == 503
+
+
+async def test_rpc_concurrency_bounds_the_calls_a_server_runs_at_once(
+    broker: microbroker.Broker, client: Client
+) -> None:
+    class Gated:
+        def __init__(self) -> None:
+            self.running = 0
+            self.peak = 0
+            self.gate = asyncio.Event()
+
+        async def Pass(self, request: int) -> int:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            await self.gate.wait()
+            self.running -= 1
+            return request
+
+    gated = Gated()
+    service = Service("gated", broker=broker)
+    service.server.rpc_concurrency = 2
+    service.handle(gated)
+    async with service:
+        calls = [
+            asyncio.ensure_future(client.call("gated", "Gated.Pass", n, int, timeout=WAIT))
+            for n in range(6)
+        ]
+        await wait_until(lambda: gated.running == 2)
+        await quiesce()
+        assert gated.running == 2, "the other calls wait for a slot"
+        gated.gate.set()
+        assert sorted(await asyncio.gather(*calls)) == list(range(6))
+    assert gated.peak == 2
+
+
+class Steps:
+    """Handlers that return at once, or after suspending in the ways a coroutine can."""
+
+    async def Now(self, request: int) -> int:
+        return request
+
+    async def Yield(self, request: int) -> int:
+        for _ in range(request):
+            await asyncio.sleep(0)  # a bare yield to the loop
+        return request
+
+    async def Wait(self, request: int) -> int:
+        await asyncio.sleep(0.001)  # a future
+        return request * 2
+
+    async def FailLater(self, request: int) -> int:
+        await asyncio.sleep(0)
+        raise ValueError("after a step")
+
+    async def OwnTimeout(self, request: int) -> int:
+        await asyncio.sleep(0)
+        raise TimeoutError("the handler's own")
+
+    async def Inner(self, request: int) -> int:
+        try:
+            async with asyncio.timeout(0.01):  # the handler's task is the one that times out
+                await asyncio.sleep(WAIT)
+        except TimeoutError:
+            return -request
+        return request
+
+
+async def test_handlers_that_suspend_or_not_answer_alike(
+    broker: microbroker.Broker, client: Client
+) -> None:
+    service = Service("steps", broker=broker)
+    service.handle(Steps())
+    async with service:
+        assert await client.call("steps", "Steps.Now", 1, int) == 1
+        assert await client.call("steps", "Steps.Yield", 3, int) == 3
+        assert await client.call("steps", "Steps.Wait", 2, int) == 4
+        assert await client.call("steps", "Steps.Inner", 5, int) == -5
+        with pytest.raises(RpcError) as failed:
+            await client.call("steps", "Steps.FailLater", 0, int)
+        assert (failed.value.code, failed.value.detail) == (500, "ValueError: after a step")
+        with pytest.raises(RpcError) as own:
+            await client.call("steps", "Steps.OwnTimeout", 0, int)
+        assert own.value.code == 500, "a TimeoutError of the handler's own is not the deadline"
 
 
 async def test_handle_after_start_serves_too(broker: microbroker.Broker, client: Client) -> None:

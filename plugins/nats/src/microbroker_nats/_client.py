@@ -58,7 +58,9 @@ _parsed_lines: dict[bytes, tuple[str, str]] = {}
 _control_lines: dict[bytes, tuple[int, bytes, bytes, int, int]] = {}
 _CACHED_VALUE = 200
 # Headers unique to each message: caching them would only churn the cache.
-_UNIQUE_NAMES = frozenset({"Micro-ID", "Micro-Id", "Nats-Msg-Id", "micro-id", "MICRO-ID"})
+_UNIQUE_NAMES = frozenset(
+    {"Micro-ID", "Micro-Id", "Nats-Msg-Id", "micro-id", "MICRO-ID", "Micro-Deadline"}
+)
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
@@ -303,6 +305,9 @@ Offer = Callable[[Item], bool]
 Refused = Callable[[Item], None]
 """What a subscription does with an item its mailbox refused (report it, hand it back)."""
 
+ReplySink = Callable[[bytes, bytes, bytes | None], None]
+"""Where the replies of requests go: ``(subject, body, header block or None)``, raw."""
+
 WRITE_DONE, WRITE_KICK, WRITE_FORCE, WRITE_FALLBACK = range(4)
 
 
@@ -379,6 +384,7 @@ class FastClient(SafeClient):
         self._ps = FastParser(self)
         self._sinks: dict[int, tuple[Offer, Refused]] = {}
         self._status_sinks: set[int] = set()
+        self._reply_sinks: dict[int, ReplySink] = {}
         self._valid_subjects: set[str] = set()
 
     async def subscribe_sink(
@@ -415,6 +421,26 @@ class FastClient(SafeClient):
     def release_sink(self, sub: Subscription) -> None:
         self._sinks.pop(sub._id, None)
         self._status_sinks.discard(sub._id)
+        self._reply_sinks.pop(sub._id, None)
+
+    async def subscribe_replies(self, subject: str, sink: ReplySink) -> Subscription:
+        """Subscribe ``subject`` (a wildcard inbox): each message goes to ``sink`` as it came.
+
+        For the replies of requests: the reader calls ``sink(subject, body,
+        header block)`` inline with the raw bytes, status messages included (a
+        request learns from one that nobody serves its subject).
+        """
+        sid = self._sid + 1
+        self._reply_sinks[sid] = sink
+        try:
+            sub = await self.subscribe(subject)
+        except BaseException:
+            self._reply_sinks.pop(sid, None)
+            raise
+        if sub._id != sid:  # pragma: no cover - nats-py changed how it numbers subscriptions
+            self._reply_sinks.pop(sid, None)
+            self._reply_sinks[sub._id] = sink
+        return sub
 
     def deliver_to_sink(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -422,7 +448,7 @@ class FastClient(SafeClient):
         """Hand a message to its subscription's mailbox; ``False`` when it has none."""
         sink = self._sinks.get(sid)
         if sink is None or sid not in self._subs:
-            return False
+            return self._deliver_reply(sid, subject, data, headers)
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
@@ -443,6 +469,16 @@ class FastClient(SafeClient):
             sink[1](item)
         return True
 
+    def _deliver_reply(self, sid: int, subject: bytes, data: bytes, headers: bytes | None) -> bool:
+        sink = self._reply_sinks.get(sid)
+        if sink is None or sid not in self._subs:
+            return False
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        sink(subject, data, headers or None)
+        return True
+
     async def _process_msg(
         self,
         sid: int,
@@ -456,9 +492,19 @@ class FastClient(SafeClient):
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
 
     def write_publish(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, reply: str = ""
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        reply: str = "",
+        *,
+        once: bool = False,
     ) -> int:
         """Queue a publish without awaiting: the per-message part of :meth:`publish`.
+
+        ``reply`` (a request's inbox) is the caller's to have made valid.
+        ``once``: ``subject`` is used once (the reply subject of a request):
+        checked, not remembered among the subjects seen before.
 
         Returns ``WRITE_FALLBACK`` when not connected (the caller then awaits
         :meth:`publish`, which buffers while reconnecting or raises), else
@@ -470,7 +516,7 @@ class FastClient(SafeClient):
             return WRITE_FALLBACK
         if subject not in self._valid_subjects:
             _validate_subject(subject)
-            if len(self._valid_subjects) < _CACHE_LIMIT:
+            if not once and len(self._valid_subjects) < _CACHE_LIMIT:
                 self._valid_subjects.add(subject)
         size = len(payload)
         # The command's parts go to the buffer as they are (the flusher writes them with

@@ -117,8 +117,18 @@ class NatsDelivery(Delivery):
             raise PublishError(
                 f"the message on {self.topic!r} is not a request: it has no reply subject"
             )
+        nc = self._nc
+        body = message.body
+        headers = message.headers or None
         try:
-            await self._nc.publish(reply, message.body, headers=message.headers or None)
+            if type(nc) is FastClient:
+                state = nc.write_publish(reply, body, headers, once=True)
+                if state == WRITE_DONE:
+                    return
+                if state != WRITE_FALLBACK:
+                    await nc.kick(state == WRITE_FORCE)
+                    return
+            await nc.publish(reply, body, headers=headers)
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
             raise NotConnected(f"cannot reply on {self.topic!r}: the connection is closed") from exc
 

@@ -66,6 +66,7 @@ from ._client import (
     parse_header_lines,
 )
 from ._jetstream import IN_PROCESS, Streams, Unavailable, unavailable
+from ._requesting import Requests
 from ._subjects import check_literal, is_pattern
 from .errors import NoResponders, RequestTimeout, StreamError, UnackedPublish, UnackedPublishes
 from .options import NatsOptions
@@ -773,6 +774,9 @@ class Publisher:
                 timeout,
             )
 
+    #: The requests of a FastClient connection (made at the first), see ``_requesting``.
+    _requests: Requests | None = None
+
     async def request(self, topic: str, message: Message, timeout: float) -> Message:
         """A request on ``topic`` and its reply (NATS request/reply, NATS headers)."""
         check_topic(topic)
@@ -781,13 +785,19 @@ class Publisher:
         headers = message.headers
         if headers:
             check_headers(headers)
-        size = len(message.body) + header_size(headers)
+        body = message.body
+        size = len(body) + header_size(headers)
         if size > self.limit:
             raise MessageTooLarge(topic, size, self.limit, "nats")
         try:
-            reply = await self.nc.request(
-                topic, message.body, timeout=timeout, headers=headers or None
-            )
+            requests = self._requests
+            if requests is not None:
+                return await requests.request(topic, body, headers or None, timeout)
+            nc = self.nc
+            if type(nc) is FastClient:
+                requests = self._requests = Requests(nc)
+                return await requests.request(topic, body, headers or None, timeout)
+            reply = await nc.request(topic, body, timeout=timeout, headers=headers or None)
         except nats.errors.NoRespondersError as exc:
             raise NoResponders(f"nobody serves requests on {topic!r}") from exc
         except nats.errors.TimeoutError as exc:
