@@ -14,9 +14,16 @@ No librdkafka call that may wait runs on the event loop:
   aiokafka's coordinator waits for its listener;
 - lookups (committed offsets, watermarks, metadata) and commits run in the
   loop's default executor;
-- the producer's ``produce()`` only appends to librdkafka's queue; a thread of
-  the producer's own polls for delivery reports and hands each polled batch of
-  them to the loop with one ``call_soon_threadsafe``.
+- the producer's ``produce()`` only appends to librdkafka's queue. Without
+  ``confirm`` only failed records have a delivery report for Python, and the
+  loop serves them with ``poll(0)``, which never waits; with ``confirm`` a
+  thread of the producer's own polls for the reports and hands each polled
+  batch of them to the loop with one ``call_soon_threadsafe``.
+
+Without ``confirm`` no Python runs per stored record outside the loop (the
+producer's reports of stored records stop in C), and consumed records cross
+from the consumer's thread in one batch per ``consume()``, read on the loop as
+they are delivered (no copy of each made in that thread).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -46,7 +53,11 @@ _LOOKUP_TIMEOUT = 10.0
 _CONSUME_WAIT = 0.05
 """Seconds one ``consume()`` waits for records in the consumer's thread."""
 _POLL_WAIT = 0.05
-"""Seconds the producer's thread waits in ``poll()`` for delivery reports."""
+"""Seconds the producer's thread (``confirm=True``) waits in ``poll()`` for delivery reports."""
+_POLL_EVERY = 1000
+"""Records produced with ``confirm=False`` between two ``poll(0)`` on the loop."""
+_POLL_INTERVAL = 0.01
+"""Seconds between two ``poll(0)`` on the loop while ``confirm=False`` records are unserved."""
 _OFFSET_INVALID = confluent_kafka.OFFSET_INVALID
 _IGNORED = {confluent_kafka.KafkaError._PARTITION_EOF}
 
@@ -59,23 +70,20 @@ def _error(exc: BaseException) -> AioKafkaError:
     return KafkaClientError(str(exc))
 
 
-class Record:
-    """A consumed record, with the attributes the subscription reads off aiokafka's."""
-
-    __slots__ = ("headers", "key", "offset", "value")
-
-    def __init__(self, message: Any) -> None:
-        self.offset: int = message.offset()
-        self.value: bytes | None = message.value()
-        self.key: bytes | None = message.key()
-        self.headers: list[tuple[str, bytes]] | None = message.headers()
-
-
 class ConfluentConsumer:
-    """A ``confluent_kafka.Consumer`` behind the calls the subscription makes of aiokafka's."""
+    """A ``confluent_kafka.Consumer`` behind the calls the subscription makes of aiokafka's.
 
-    def __init__(self, settings: KafkaOptions, group: str | None) -> None:
+    One consumer reads one ``topic`` (a subscription's). :meth:`getmany` hands
+    out librdkafka's own ``Message`` objects, not aiokafka-like records: the
+    subscription reads them by their methods (``offset()``, ``value()``...).
+    """
+
+    #: getmany() hands out confluent_kafka.Message objects (read by methods).
+    messages = True
+
+    def __init__(self, settings: KafkaOptions, group: str | None, topic: str) -> None:
         self._settings = settings
+        self._topic = topic
         self._config = settings.librdkafka_consumer(group)
         self._group = group
         self._consumer: Any = None
@@ -205,7 +213,7 @@ class ConfluentConsumer:
         self._positions[tp] = offset
         return offset
 
-    def _consume(self, max_records: int, wait: float) -> dict[TopicPartition, list[Record]]:
+    def _consume(self, max_records: int, wait: float) -> dict[TopicPartition, list[Any]]:
         consumer = self._consumer
         if consumer is None:
             return {}
@@ -228,23 +236,36 @@ class ConfluentConsumer:
                         )
                     except confluent_kafka.KafkaException as exc:
                         logger.info("kafka: seek of %s to %d failed: %s", tp, offset, exc)
-        batches: dict[TopicPartition, list[Record]] = {}
-        for message in consumer.consume(max_records, wait):
+        messages = consumer.consume(max_records, 0)
+        if not messages:
+            # consume() with a timeout waits until it has max_records or the time is up:
+            # wait for the first record alone, then take what else has arrived with it.
+            messages = consumer.consume(1, wait)
+            if not messages:
+                return {}
+            if max_records > 1:
+                messages += consumer.consume(max_records - 1, 0)
+        by_partition: dict[int, list[Any]] = {}
+        for message in messages:
             error = message.error()
             if error is not None:
                 if error.code() not in _IGNORED:
                     logger.info("kafka (librdkafka): consume: %s", error)
                 continue
-            tp = TopicPartition(message.topic(), message.partition())
-            records = batches.get(tp)
+            partition = message.partition()
+            records = by_partition.get(partition)
             if records is None:
-                records = batches[tp] = []
-            records.append(Record(message))
-        return batches
+                records = by_partition[partition] = []
+            records.append(message)
+        topic = self._topic
+        return {TopicPartition(topic, p): records for p, records in by_partition.items()}
 
-    async def getmany(
-        self, timeout_ms: int, max_records: int
-    ) -> dict[TopicPartition, list[Record]]:
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        """The records there are (librdkafka's messages), per partition, in one hand-off.
+
+        The records the consumer's thread finds are handed to the loop at once, as one
+        batch, however few: the wait in the thread is for the first one only.
+        """
         loop = asyncio.get_running_loop()
         wait = min(timeout_ms / 1000, _CONSUME_WAIT)
         try:
@@ -362,33 +383,84 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
 
 
 class ConfluentProducer:
-    """A ``confluent_kafka.Producer``: ``produce()`` on the loop, delivery reports polled apart.
+    """A ``confluent_kafka.Producer``: ``produce()`` on the loop, delivery reports served apart.
 
     :meth:`produce` returns a future resolved (or failed) by the record's
-    delivery report when ``confirm`` asks for one; without it a failed record
-    is logged, never dropped in silence, and a stored one costs nothing more.
+    delivery report when ``confirm`` asks for one. Without it the producer is
+    made with ``delivery.report.only.error``: confluent-kafka calls Python for
+    a failed record only, and the loop itself serves the reports (``poll(0)``,
+    which never waits) every :data:`_POLL_EVERY` records and on a timer while
+    records are outstanding. A failed record is logged (counted per topic,
+    partition and error), never dropped in silence.
+
+    With ``confirm`` a thread of the producer's own polls (``poll()`` waits for
+    the next report, so a confirming publisher hears at once) and hands each
+    polled batch of reports to the loop with one ``call_soon_threadsafe``.
     """
 
     def __init__(self, settings: KafkaOptions) -> None:
         self._settings = settings
-        self._producer = confluent_kafka.Producer(
-            {**settings.librdkafka_producer(), "error_cb": self._on_error}
-        )
+        self._confirm = settings.confirm
+        config = {**settings.librdkafka_producer(), "error_cb": self._on_error}
+        if not self._confirm:
+            config["delivery.report.only.error"] = True
+            config["on_delivery"] = self._failed
+        self._producer = confluent_kafka.Producer(config)
         self._loop = asyncio.get_running_loop()
         #: Delivery reports polled in the thread, settled on the loop: (future, error).
-        self._reports: deque[tuple[asyncio.Future[None] | None, Any]] = deque()
+        self._reports: deque[tuple[asyncio.Future[None], Any]] = deque()
+        #: Failed records of confirm=False publishes not logged yet: (topic, partition, error).
+        #: A deque: flush() serves reports in a thread of its own while the loop may too.
+        self._lost: deque[tuple[str, int, str]] = deque()
         self._servers = ",".join(settings.bootstrap_servers)
+        self._unpolled = 0
+        self._timer: asyncio.TimerHandle | None = None
         self._stopping = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="rdkafka-producer", daemon=True)
-        self._poller.start()
+        self._poller: threading.Thread | None = None
+        if self._confirm:
+            self._poller = threading.Thread(target=self._poll, name="rdkafka-producer", daemon=True)
+            self._poller.start()
 
     def _on_error(self, error: Any) -> None:
         logger.debug("kafka (librdkafka): %s", error)
 
-    def _failed(self, error: Any, _message: Any) -> None:
-        """The delivery report of a record published without ``confirm`` (polling thread)."""
+    # confirm=False: reports of failed records only, served on the loop. ---------------
+
+    def _failed(self, error: Any, message: Any) -> None:
+        """The delivery report of a failed record published without ``confirm``."""
         if error is not None:
-            self._reports.append((None, error))
+            self._lost.append((message.topic(), message.partition(), str(error)))
+
+    def _serve(self) -> None:
+        """Serve the delivery reports there are, without waiting (on the loop)."""
+        self._unpolled = 0
+        self._producer.poll(0)
+        if self._lost:
+            self._log_lost()
+
+    def _log_lost(self) -> None:
+        """Log the failed records, one line per topic, partition and error."""
+        lost, failed = self._lost, Counter[tuple[str, int, str]]()
+        while lost:
+            failed[lost.popleft()] += 1
+        for (topic, partition, error), count in failed.items():
+            logger.error(
+                "kafka: %d record(s) published to %s partition %d were not stored by %s: %s "
+                "(publish with confirm=True to see such errors at publish)",
+                count,
+                topic,
+                partition,
+                self._servers,
+                error,
+            )
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._serve()
+        if len(self._producer):
+            self._timer = self._loop.call_later(_POLL_INTERVAL, self._tick)
+
+    # confirm=True: every report, polled in the producer's thread. ---------------------
 
     def _poll(self) -> None:
         producer, reports, stopping = self._producer, self._reports, self._stopping
@@ -404,14 +476,7 @@ class ConfluentProducer:
         reports = self._reports
         while reports:
             future, error = reports.popleft()
-            if future is None:
-                logger.error(
-                    "kafka: a record published was not stored by %s: %s (publish with "
-                    "confirm=True to see such errors at publish)",
-                    self._servers,
-                    error,
-                )
-            elif not future.done():
+            if not future.done():
                 if error is None:
                     future.set_result(None)
                 else:
@@ -424,30 +489,42 @@ class ConfluentProducer:
         key: bytes | None,
         partition: int | None,
         headers: list[tuple[str, bytes]] | None,
-        confirm: bool,
     ) -> asyncio.Future[None] | None:
         """Queue the record in librdkafka (never waits); its delivery future if ``confirm``.
 
         Raises ``BufferError`` when librdkafka's queue is full: :meth:`produce_later`.
         """
-        if confirm:
-            future: asyncio.Future[None] | None = self._loop.create_future()
-            reports = self._reports
+        if not self._confirm:
+            try:
+                self._producer.produce(
+                    topic,
+                    value,
+                    key,
+                    partition=-1 if partition is None else partition,
+                    headers=cast(Any, headers),  # list is invariant: pairs of str and bytes
+                )
+            except confluent_kafka.KafkaException as exc:
+                raise _error(exc) from exc
+            self._unpolled += 1
+            if self._unpolled >= _POLL_EVERY:
+                self._serve()
+            if self._timer is None:
+                self._timer = self._loop.call_later(_POLL_INTERVAL, self._tick)
+            return None
+        future: asyncio.Future[None] = self._loop.create_future()
+        reports = self._reports
 
-            def delivered(error: Any, _message: Any) -> None:  # in the polling thread
-                reports.append((future, error))
+        def delivered(error: Any, _message: Any) -> None:  # in the polling thread
+            reports.append((future, error))
 
-            report: Callable[[Any, Any], None] = delivered
-        else:
-            future, report = None, self._failed
         try:
             self._producer.produce(
                 topic,
                 value,
                 key,
                 partition=-1 if partition is None else partition,
-                headers=cast(Any, headers),  # list is invariant: pairs of str and bytes
-                on_delivery=report,
+                headers=cast(Any, headers),
+                on_delivery=delivered,
             )
         except confluent_kafka.KafkaException as exc:
             raise _error(exc) from exc
@@ -460,30 +537,40 @@ class ConfluentProducer:
         key: bytes | None,
         partition: int | None,
         headers: list[tuple[str, bytes]] | None,
-        confirm: bool,
     ) -> asyncio.Future[None] | None:
         """:meth:`produce`, once librdkafka's queue has room (``queue.buffering.max.*``)."""
         while True:
+            if not self._confirm:
+                self._serve()  # a record's room is freed once its report is served
             await asyncio.sleep(0.001)
             try:
-                return self.produce(topic, value, key, partition, headers, confirm)
+                return self.produce(topic, value, key, partition, headers)
             except BufferError:
                 continue
 
     async def flush(self) -> None:
         """Wait until every record produced so far is stored or failed."""
         try:
+            # flush() serves the reports (confirm=False: the failed ones) in its thread.
             while await asyncio.to_thread(self._producer.flush, 0.1):
                 pass  # records left: flush() returns their count
         finally:
             self._settle()
+            if self._lost:
+                self._log_lost()
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._stopping.set()
-        await asyncio.to_thread(self._poller.join)
-        # Reports the thread did not hand over before it stopped.
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join)
+        # Reports not served before it stopped.
         await asyncio.to_thread(self._producer.poll, 0)
         self._settle()
+        if self._lost:
+            self._log_lost()
 
 
 async def start_confluent(settings: KafkaOptions) -> tuple[ConfluentProducer, AdminClient | None]:

@@ -146,7 +146,7 @@ class KafkaSubscriber(Subscriber):
         if s.client == "confluent":
             from ._confluent import ConfluentConsumer  # the extra: imported only when chosen
 
-            consumer = ConfluentConsumer(s, self.queue)
+            consumer = ConfluentConsumer(s, self.queue, self.topic)
         else:
             consumer = AIOKafkaConsumer(**kwargs)
         self._consumer = consumer
@@ -287,11 +287,15 @@ class KafkaSubscriber(Subscriber):
     async def _run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        topic, queue, deliver = self.topic, self.queue, self._deliver
+        topic, queue = self.topic, self.queue
         partitions = self._partitions
         busy = self._busy
         max_records = self._settings.max_poll_records
-        envelope = self._settings.envelope
+        # librdkafka's messages answer by methods; aiokafka's records by attributes.
+        if getattr(consumer, "messages", False):
+            hand, first_offset = self._hand_messages, _first_message_offset
+        else:
+            hand, first_offset = self._hand, _first_record_offset
         # A broadcast subscriber assigns itself the partitions added to its topic.
         watch = queue is None
         loop = asyncio.get_running_loop()
@@ -316,7 +320,7 @@ class KafkaSubscriber(Subscriber):
             owners = {tp: partitions.get(tp) for tp in batches}
             for tp, part in owners.items():
                 if part is None and queue is not None:
-                    first = batches[tp][0].offset
+                    first = first_offset(batches[tp])
                     if tp in self._unplaced:
                         # Its position came after the assignment callback gave up on it.
                         self._unplaced.discard(tp)
@@ -330,37 +334,82 @@ class KafkaSubscriber(Subscriber):
             async with busy:
                 for tp, records in batches.items():
                     part = owners[tp]
-                    partition = tp.partition
-                    for record in records:
-                        if part is None or part.revoked or self._closing:
-                            # Left for the partition's next owner: aiokafka restarts a
-                            # (re)assigned partition from its committed offset.
-                            break
-                        offset = record.offset
-                        part.outstanding.append(offset)
-                        part.next = offset + 1
-                        value = record.value or b""
-                        if envelope:
-                            message: Message | None = _unwrap(value)
-                            raw = None
-                        else:
-                            message = None
-                            raw = record.headers
-                        await deliver(
-                            KafkaDelivery(
-                                topic,
-                                value if message is None else message.body,
-                                raw,
-                                message,
-                                queue,
-                                1,
-                                self,
-                                part,
-                                partition,
-                                offset,
-                                record.key,
-                            )
-                        )
+                    if part is not None:
+                        await hand(records, part, tp.partition)
+
+    async def _hand(self, records: list[Any], part: Partition, partition: int) -> None:
+        """Deliver aiokafka's ``records`` of one partition, in order, one at a time."""
+        topic, queue, deliver = self.topic, self.queue, self._deliver
+        envelope = self._settings.envelope
+        outstanding = part.outstanding
+        for record in records:
+            if part.revoked or self._closing:
+                # Left for the partition's next owner: it restarts a (re)assigned
+                # partition from its committed offset.
+                return
+            offset = record.offset
+            outstanding.append(offset)
+            part.next = offset + 1
+            value = record.value or b""
+            if envelope:
+                message: Message | None = _unwrap(value)
+                raw = None
+            else:
+                message = None
+                raw = record.headers
+            await deliver(
+                KafkaDelivery(
+                    topic,
+                    value if message is None else message.body,
+                    raw,
+                    message,
+                    queue,
+                    1,
+                    self,
+                    part,
+                    partition,
+                    offset,
+                    record.key,
+                )
+            )
+
+    async def _hand_messages(self, records: list[Any], part: Partition, partition: int) -> None:
+        """:meth:`_hand` for librdkafka's messages, which answer by methods, not attributes.
+
+        Read here, on the loop, as they are delivered: no copy of each is made in the
+        consumer's thread (which would hold the GIL against the loop for it).
+        """
+        topic, queue, deliver = self.topic, self.queue, self._deliver
+        envelope = self._settings.envelope
+        outstanding = part.outstanding
+        for record in records:
+            if part.revoked or self._closing:
+                return
+            offset = record.offset()
+            outstanding.append(offset)
+            part.next = offset + 1
+            value = record.value() or b""
+            if envelope:
+                message: Message | None = _unwrap(value)
+                raw = None
+            else:
+                message = None
+                raw = record.headers()
+            await deliver(
+                KafkaDelivery(
+                    topic,
+                    value if message is None else message.body,
+                    raw,
+                    message,
+                    queue,
+                    1,
+                    self,
+                    part,
+                    partition,
+                    offset,
+                    record.key(),
+                )
+            )
 
     def redeliver(self, delivery: KafkaDelivery, delay: float) -> None:
         """Deliver ``delivery`` again after ``delay`` seconds, while the partition goes on.
@@ -569,6 +618,14 @@ class KafkaSubscriber(Subscriber):
                 await asyncio.wait_for(consumer._client.close(), timeout)
         except Exception as exc:
             logger.debug("kafka: stopping the consumer of %s: %s", self.topic, exc)
+
+
+def _first_record_offset(records: list[Any]) -> int:
+    return int(records[0].offset)
+
+
+def _first_message_offset(records: list[Any]) -> int:
+    return int(records[0].offset())
 
 
 def _unwrap(value: bytes) -> Message:

@@ -258,15 +258,12 @@ class KafkaBroker(Broker):
                 raise PublishError(f"kafka topic {topic!r} could not be created: {exc}") from exc
         rd_producer = self._rd_producer
         if rd_producer is not None:
-            confirm = self.settings.confirm
             try:
                 try:
-                    future = rd_producer.produce(
-                        topic, value, key, partition, record_headers, confirm
-                    )
+                    future = rd_producer.produce(topic, value, key, partition, record_headers)
                 except BufferError:
                     future = await rd_producer.produce_later(
-                        topic, value, key, partition, record_headers, confirm
+                        topic, value, key, partition, record_headers
                     )
                 if future is not None:
                     await future
