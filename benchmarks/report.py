@@ -115,6 +115,24 @@ def _confluent_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list
     return lines
 
 
+def _small_body_targets(tp: dict[tuple[str, str, str], dict[str, float]]) -> list[str]:
+    """redis: the Event API >= 0.8x raw redis-py and >= 2x FastStream, at 128 B and 1 KiB."""
+    lines = []
+    for other, label, goal in (("raw", "raw", 0.8), ("faststream", "FastStream", 2.0)):
+        found = [
+            v["microbroker"] / v[other]
+            for (t, _, size), v in tp.items()
+            if t == "redis" and size in ("128B", "1KiB") and other in v and "microbroker" in v
+        ]
+        if found:
+            lines.append(
+                f"| redis: Event API >= {goal}x {label} (128 B and 1 KiB) | "
+                f"min {min(found):.2f}x, median {sorted(found)[len(found) // 2]:.2f}x | "
+                f"{'yes' if min(found) >= goal else 'no'} |"
+            )
+    return lines
+
+
 def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, each with the ratio measured in this run."""
     tp: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
@@ -146,6 +164,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
                 f"{'yes' if min(fs) >= 5 else 'no'} |"
             )
     lines += _confluent_targets(tp)
+    lines += _small_body_targets(tp)
     naive: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
         if r["section"] == "http-naive":
