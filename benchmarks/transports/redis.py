@@ -62,6 +62,7 @@ class RawRedis(Variant):
         self.sub = aioredis.from_url(self.url)
         self.readers: list[asyncio.Task[None]] = []
         self.keys: set[str] = set()
+        self.running = True
 
     async def subscribe(self, topic: str, queue: str | None, hit: Hit) -> None:
         group = queue or f"bench-raw-{uuid.uuid4().hex[:12]}"
@@ -77,7 +78,7 @@ class RawRedis(Variant):
     async def _read(self, key: str, group: str, consumer: str, hit: Hit) -> None:
         xreadgroup, xack = self.sub.xreadgroup, self.sub.xack
         streams = {key: ">"}
-        while True:
+        while self.running:
             response = await xreadgroup(group, consumer, streams, count=BATCH, block=BLOCK_MS)
             for _key, entries in response or ():
                 ids = []
@@ -98,9 +99,13 @@ class RawRedis(Variant):
         return send
 
     async def close(self) -> None:
+        # A cancellation can be lost inside redis-py (seen with redis 8.1: the reader went
+        # on reading): ask again until the task ends; ``running`` ends it after its read.
+        self.running = False
         for task in self.readers:
-            task.cancel()
-        for task in self.readers:
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.pub.aclose()
