@@ -25,7 +25,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
-
 from microbroker_redis import RedisBroker
 
 from . import Hit, Publish, Transport, Variant
