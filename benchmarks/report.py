@@ -177,6 +177,27 @@ def _jetstream_targets(tp: dict[tuple[str, str, str], dict[str, Any]]) -> list[s
     return lines
 
 
+def _small_body_targets(tp: dict[tuple[str, str, str], dict[str, Any]]) -> list[str]:
+    """rabbitmq and redis: the Event API >= 0.8x raw and >= 2x FastStream, 128 B and 1 KiB."""
+    lines = []
+    for transport in ("rabbitmq", "redis"):
+        for other, label, goal in (("raw", "raw", 0.8), ("faststream", "FastStream", 2.0)):
+            found = [
+                x
+                for (t, _, size), v in tp.items()
+                if t == transport
+                and size in ("128B", "1KiB")
+                and (x := ratio_of(v, "microbroker", other)) is not None
+            ]
+            if found:
+                lines.append(
+                    f"| {transport}: Event API >= {goal}x {label} (128 B and 1 KiB) | "
+                    f"min {min(found):.2f}x, median {sorted(found)[len(found) // 2]:.2f}x | "
+                    f"{'yes' if min(found) >= goal else 'no'} |"
+                )
+    return lines
+
+
 def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, each with the ratio measured in this run."""
     tp = _measured(rows, "throughput")
@@ -206,6 +227,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             )
     lines += _confluent_targets(tp)
     lines += _jetstream_targets(tp)
+    lines += _small_body_targets(tp)
     naive: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
         if r["section"] == "http-naive":

@@ -3,9 +3,9 @@
     python benchmarks/run.py [--quick] [--only nats,memory] [--repeat N]
     tox -e bench -- --quick
 
-For each transport (memory, http, nats core and JetStream, mqtt, kafka, rabbitmq) that
-is installed, with its server started the way the tests start theirs (a
-child process on a free loopback port, stopped afterwards):
+For each transport (memory, http, nats core and JetStream, mqtt, kafka, rabbitmq,
+redis) that is installed, with its server started the way the tests start
+theirs (a child process on a free loopback port, stopped afterwards):
 
 - throughput publish->deliver for 128 B, 1 KiB and 64 KiB bodies in three
   shapes: one subscriber (``1->1``), a queue group of four (``queue4``) and a
@@ -144,6 +144,15 @@ def transports(wanted: set[str] | None, quick: bool = False) -> tuple[list[Trans
             found.append(rabbitmq.transport())
         else:
             skipped.append("rabbitmq: skipped, microbroker-rabbitmq or rabbitmq-server missing")
+    if want("redis"):
+        from support.redis_server import redis_binary
+
+        if installed("microbroker_redis") and redis_binary():
+            from transports import redis
+
+            found.append(redis.transport())
+        else:
+            skipped.append("redis: skipped, microbroker-redis or redis-server missing")
     return found, skipped
 
 
@@ -567,7 +576,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller run, under two minutes")
     parser.add_argument(
         "--only",
-        help="comma-separated: memory,http,nats,nats-jetstream,mqtt,kafka,rabbitmq,rpc,rss",
+        help="comma-separated: memory,http,nats,nats-jetstream,mqtt,kafka,rabbitmq,redis,rpc,rss",
     )
     parser.add_argument(
         "--repeat", type=int, help="interleaved rounds per case (default 3; 1 with --quick)"
