@@ -3,8 +3,11 @@
 redis-py makes a new connection for the next command after one was lost; it
 does not retry here (``retry`` is off), :func:`retrying` does, with the one
 backoff formula of the toolkit, for as long as the caller allows. A blocking
-read (XREADGROUP BLOCK) holds a connection of the pool for its wait, so the
-pool is not bounded.
+read (XREADGROUP BLOCK) holds a connection of the pool for its wait, one per
+subscription, so the pool is not bounded: redis-py 8 stops a pool at 100
+connections unless told otherwise, and the 101st subscription's acks then
+failed with ``MaxConnectionsError`` (a bounded pool that waited would wait
+for ever behind reads that never give their connection back).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class TLSConnection(Connection):
         }
 
 
+_UNBOUNDED = 2**31 - 1
+
+
 def make_client(options: RedisOptions, endpoint: Endpoint) -> aioredis.Redis:
     """A client for ``endpoint``; nothing is connected until the first command."""
     kwargs: dict[str, Any] = {
@@ -69,6 +75,8 @@ def make_client(options: RedisOptions, endpoint: Endpoint) -> aioredis.Redis:
         "client_name": options.client_name,
         "retry": Retry(NoBackoff(), 0),
         "decode_responses": False,
+        # Not bounded (see the module's docstring); the server's maxclients is the limit.
+        "max_connections": _UNBOUNDED,
     }
     if endpoint.tls:
         kwargs["connection_class"] = TLSConnection
