@@ -122,6 +122,8 @@ class StreamSubscriber(Subscriber):
         self._timers: dict[bytes, asyncio.TimerHandle] = {}
         self._acks: list[bytes] = []
         self._acking: asyncio.Task[None] | None = None
+        #: The reader waits for its batch to be handled: acks wait for it to send them.
+        self._reader_collects = False
         self._tasks: list[asyncio.Task[None]] = []
         self._mailbox: Mailbox[StreamDelivery] = Mailbox(
             self._handle,
@@ -162,12 +164,28 @@ class StreamSubscriber(Subscriber):
         block = int(options.block * 1000)
         failures = 0
         while self._active:
+            acks, self._acks = self._acks, []
             try:
-                response = await self._client.xreadgroup(
-                    self.group, self.consumer, {self.key: ">"}, count=options.batch, block=block
-                )
+                if acks:
+                    # The last batch's acks go with the next read: one round trip, not two.
+                    pipe = self._client.pipeline(transaction=False)
+                    pipe.xack(self.key, self.group, *acks)
+                    pipe.xreadgroup(
+                        self.group, self.consumer, {self.key: ">"}, count=options.batch, block=block
+                    )
+                    acked, response = await pipe.execute(raise_on_error=False)
+                    acks = []
+                    if isinstance(acked, Exception):
+                        report_error(acked, None)  # still pending: claimed again after claim_idle
+                    if isinstance(response, Exception):
+                        raise response
+                else:
+                    response = await self._client.xreadgroup(
+                        self.group, self.consumer, {self.key: ">"}, count=options.batch, block=block
+                    )
                 failures = 0
             except asyncio.CancelledError:
+                self._acks[:0] = acks  # sent when the subscription finishes
                 raise
             except redis.exceptions.ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -178,16 +196,36 @@ class StreamSubscriber(Subscriber):
                 await asyncio.sleep(self._wait(failures))
                 continue
             except LOST:
+                self._send_later(acks)
                 failures += 1
                 await asyncio.sleep(self._wait(failures))
                 continue
             read: list[Any] = cast(list[Any], response) or []
+            taken = False
             for _key, entries in read:
                 for entry_id, fields in entries:
                     if fields is None:
                         continue  # deleted (XDEL, or trimmed) while pending
                     self._held.add(entry_id)
                     await self._put(StreamDelivery(self, entry_id, fields, 1))
+                    taken = True
+            if taken:
+                # As a raw reader does: the batch is handled before the next read, which
+                # then finds the entries that came meanwhile in one answer and carries
+                # this batch's acks (one XREADGROUP and one XACK per batch, not per entry).
+                self._reader_collects = True
+                try:
+                    await self._mailbox.join()
+                finally:
+                    self._reader_collects = False
+
+    def _send_later(self, acks: list[bytes]) -> None:
+        """Acks the reader could not send: the ack task sends them (retrying)."""
+        if not acks:
+            return
+        self._acks[:0] = acks
+        if self._acking is None or self._acking.done():
+            self._acking = asyncio.get_running_loop().create_task(self._send_acks())
 
     async def _recreate(self) -> None:
         """The server lost the group (restarted without its data): create it again."""
@@ -269,6 +307,8 @@ class StreamSubscriber(Subscriber):
         """XACK ``entry_id`` (in the next batch of acknowledgements)."""
         self.forget(entry_id)
         self._acks.append(entry_id)
+        if self._reader_collects and self._active:
+            return  # the reader sends it with its next read
         if self._acking is None or self._acking.done():
             self._acking = asyncio.get_running_loop().create_task(self._send_acks())
 
