@@ -10,15 +10,13 @@ fault lost arrives twice, and those duplicates are counted and printed.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.consumer_process import spawn_consumer
 from support.eventually import eventually
 from support.faults import RetryingPublisher
 from support.rabbitmq_server import RabbitMQServer
@@ -28,7 +26,6 @@ from microbroker_rabbitmq import RabbitMQBroker
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).resolve().parent
 #: Long enough for a killed node to boot again while publishes wait for it.
 OPTIONS = {"publish_timeout": 60.0, "max_reconnect_delay": 1.0}
 
@@ -80,15 +77,6 @@ async def test_nothing_confirmed_is_lost_when_the_server_is_killed_mid_stream(
         await sub.disconnect()
 
 
-def _spawn_consumer(url: str, topic: str, group: str, handled: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "consumer_process.py"), url, topic, group],
-        env={**os.environ, "HANDLED_FILE": str(handled), "HANDLE_SECONDS": "0.05"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.mark.timeout(180)
 async def test_a_killed_consumer_process_hands_its_unacked_messages_to_the_group(
     new_rabbitmq_server: Callable[..., RabbitMQServer], tmp_path: Path
@@ -97,7 +85,7 @@ async def test_a_killed_consumer_process_hands_its_unacked_messages_to_the_group
     total = 300
     topic = f"jobs.{uuid.uuid4().hex[:8]}"
     handled_file = tmp_path / "handled"
-    child = _spawn_consumer(server.url, topic, "workers", handled_file)
+    child = spawn_consumer("rabbitmq", server.url, topic, "workers", handled_file)
     here: dict[int, int] = {}
     redelivered: set[int] = set()
 

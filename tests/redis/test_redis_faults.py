@@ -18,9 +18,6 @@ printed, never asserted away.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +27,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from microbroker_redis import RedisBroker
+from support.consumer_process import spawn_consumer
 from support.eventually import eventually
 from support.faults import RetryingPublisher
 from support.redis_server import RedisServer
@@ -39,7 +37,6 @@ from microbroker import PublishError
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).resolve().parent
 #: Publishes wait for a killed server to come back; entries whose XREADGROUP reply a fault
 #: lost (pending with the consumer, never received) come back after 2 s, not 30.
 OPTIONS: dict[str, Any] = {
@@ -182,15 +179,6 @@ async def test_a_stock_server_killed_mid_stream_loses_what_it_had_not_saved(
             await broker.disconnect()
 
 
-def _spawn_consumer(url: str, topic: str, group: str, handled: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "consumer_process.py"), url, topic, group],
-        env={**os.environ, "HANDLED_FILE": str(handled), "HANDLE_SECONDS": "0.05"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.mark.timeout(180)
 async def test_a_killed_consumer_process_hands_its_pending_entries_to_the_group(
     new_redis_server: Callable[..., RedisServer], tmp_path: Path
@@ -199,7 +187,7 @@ async def test_a_killed_consumer_process_hands_its_pending_entries_to_the_group(
     total = 300
     topic = f"jobs.{uuid.uuid4().hex[:8]}"
     handled_file = tmp_path / "handled"
-    child = _spawn_consumer(server.url, topic, "workers", handled_file)
+    child = spawn_consumer("redis", server.url, topic, "workers", handled_file)
     here: dict[int, int] = {}
     redelivered: set[int] = set()
 
