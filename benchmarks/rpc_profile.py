@@ -22,81 +22,25 @@ import argparse
 import asyncio
 import cProfile
 import sys
-import time
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
-import nats  # noqa: E402
-from google.protobuf.wrappers_pb2 import BytesValue  # noqa: E402
 from support.nats_server import NatsServer  # noqa: E402
-
-import microbroker  # noqa: E402
-from microbroker_nats import NatsBroker  # noqa: E402
-
-SERVICE = "bench-echo"
-
-
-class Echo:
-    async def Echo(self, request: BytesValue) -> BytesValue:
-        return request
-
-
-async def _calls(call: Callable[[], Awaitable[Any]], n: int, callers: int) -> float:
-    left = iter(range(n))
-
-    async def caller() -> None:
-        for _ in left:
-            await call()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(callers)))
-    return n / (time.perf_counter() - start)
+from transports.rpc import _concurrent, microbroker_peer, raw_peer  # noqa: E402
 
 
 async def main(args: argparse.Namespace) -> None:
-    request = BytesValue(value=b"x" * 100)
-    body = request.SerializeToString()
-    closers: list[Callable[[], Awaitable[Any]]] = []
     with NatsServer() as server:
-        url = server.url
-        if args.variant == "raw":
-            nc_server, nc_client = await nats.connect(url), await nats.connect(url)
-            closers += [nc_client.close, nc_server.close]
-            subject = f"bench.rpc.{uuid.uuid4().hex[:8]}"
-
-            async def respond(msg: Any) -> None:
-                await msg.respond(BytesValue.FromString(msg.data).SerializeToString())
-
-            await nc_server.subscribe(subject, cb=respond)
-            await nc_server.flush()
-
-            async def call() -> Any:
-                reply = await nc_client.request(subject, body, timeout=5)
-                return BytesValue.FromString(reply.data)
-
-        else:
-            service = microbroker.Service(SERVICE, broker=NatsBroker(url))
-            service.handle(Echo())
-            await service.start()
-            client_broker = NatsBroker(url)
-            await client_broker.connect()
-            closers += [client_broker.disconnect, service.stop]
-            client = microbroker.Client(client_broker)
-
-            async def call() -> Any:
-                return await client.call(SERVICE, "Echo.Echo", request, BytesValue, timeout=5)
-
+        peer = raw_peer if args.variant == "raw" else microbroker_peer
+        call, close = await peer(server.url)
         try:
-            await _calls(call, args.warmup, args.callers)
+            await _concurrent(call, args.warmup, args.callers)
             profile = cProfile.Profile() if args.cprofile else None
             if profile is not None:
                 profile.enable()
-            rate = await _calls(call, args.calls, args.callers)
+            rate = await _concurrent(call, args.calls, args.callers)
             if profile is not None:
                 profile.disable()
                 profile.dump_stats(args.cprofile)
@@ -104,8 +48,7 @@ async def main(args: argparse.Namespace) -> None:
                 f"{args.variant}: {rate:,.0f} calls/s, {args.callers} callers, {args.calls} calls"
             )
         finally:
-            for close in closers:
-                await close()
+            await close()
 
 
 if __name__ == "__main__":

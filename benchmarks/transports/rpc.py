@@ -53,41 +53,63 @@ async def _concurrent(call: Callable[[], Awaitable[Any]], n: int, callers: int =
     return n / (time.perf_counter() - start)
 
 
+#: One way of calling Echo.Echo, and what closes it.
+Peer = tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]
+
+REQUEST = BytesValue(value=b"x" * 100)
+
+
+async def raw_peer(url: str) -> Peer:
+    """Raw nats-py request/reply: a responder that parses the protobuf and answers it."""
+    nc_server, nc_client = await nats.connect(url), await nats.connect(url)
+    subject = f"bench.rpc.{uuid.uuid4().hex[:8]}"
+    body = REQUEST.SerializeToString()
+
+    async def respond(msg: Any) -> None:
+        await msg.respond(BytesValue.FromString(msg.data).SerializeToString())
+
+    await nc_server.subscribe(subject, cb=respond)
+    await nc_server.flush()
+
+    async def call() -> Any:
+        reply = await nc_client.request(subject, body, timeout=5)
+        return BytesValue.FromString(reply.data)
+
+    async def close() -> None:
+        await nc_client.close()
+        await nc_server.close()
+
+    return call, close
+
+
+async def microbroker_peer(url: str) -> Peer:
+    """``Client.call`` to an ``Echo`` handler served with ``service.handle``."""
+    server_service = microbroker.Service(SERVICE, broker=NatsBroker(url))
+    server_service.handle(Echo())
+    await server_service.start()
+    client_broker = NatsBroker(url)
+    await client_broker.connect()
+    client = microbroker.Client(client_broker)
+
+    async def call() -> Any:
+        return await client.call(SERVICE, "Echo.Echo", REQUEST, BytesValue, timeout=5)
+
+    async def close() -> None:
+        await client_broker.disconnect()
+        await server_service.stop()
+
+    return call, close
+
+
 async def run(quick: bool, repeat: int, log: Callable[[str], None]) -> list[Any]:
     from run import Row
     from support.nats_server import NatsServer
 
     n_lat, n_conc = (1_000, 3_000) if quick else (5_000, 20_000)
     rows: list[Row] = []
-    request = BytesValue(value=b"x" * 100)
-    body = request.SerializeToString()
     with NatsServer() as server:
-        url = server.url
-        # raw nats-py
-        nc_server, nc_client = await nats.connect(url), await nats.connect(url)
-        subject = f"bench.rpc.{uuid.uuid4().hex[:8]}"
-
-        async def respond(msg: Any) -> None:
-            await msg.respond(BytesValue.FromString(msg.data).SerializeToString())
-
-        await nc_server.subscribe(subject, cb=respond)
-        await nc_server.flush()
-
-        async def raw_call() -> Any:
-            reply = await nc_client.request(subject, body, timeout=5)
-            return BytesValue.FromString(reply.data)
-
-        # microbroker
-        server_service = microbroker.Service(SERVICE, broker=NatsBroker(url))
-        server_service.handle(Echo())
-        await server_service.start()
-        client_broker = NatsBroker(url)
-        await client_broker.connect()
-        client = microbroker.Client(client_broker)
-
-        async def micro_call() -> Any:
-            return await client.call(SERVICE, "Echo.Echo", request, BytesValue, timeout=5)
-
+        raw_call, close_raw = await raw_peer(server.url)
+        micro_call, close_micro = await microbroker_peer(server.url)
         try:
             for name, call in (("raw", raw_call), ("microbroker", micro_call)):
                 lat = min(
@@ -103,8 +125,6 @@ async def run(quick: bool, repeat: int, log: Callable[[str], None]) -> list[Any]
                     f"{rate:,.0f} calls/s with 64 callers"
                 )
         finally:
-            await client_broker.disconnect()
-            await server_service.stop()
-            await nc_client.close()
-            await nc_server.close()
+            await close_micro()
+            await close_raw()
     return rows
