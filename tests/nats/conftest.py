@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
+import nats
 import pytest
+from nats.js import JetStreamContext
 from support.nats_server import NatsServer
 
 
@@ -36,3 +38,13 @@ def new_nats_server() -> Iterator[Callable[..., NatsServer]]:
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+async def jsm(jetstream_server: NatsServer) -> AsyncIterator[JetStreamContext]:
+    """A raw nats-py JetStream context, to look at (and change) the server's streams."""
+    nc = await nats.connect(jetstream_server.url)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()

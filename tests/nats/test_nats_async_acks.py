@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import nats
 import pytest
@@ -26,16 +26,6 @@ from microbroker_nats import NatsBroker, UnackedPublish, UnackedPublishes
 
 def unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def jsm(jetstream_server: NatsServer) -> AsyncIterator[JetStreamContext]:
-    """A raw nats-py JetStream context, to look at (and change) the server's streams."""
-    nc = await nats.connect(jetstream_server.url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
 
 
 async def stored(jsm: JetStreamContext, stream: str, topic: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import nats
 import pytest
@@ -20,16 +20,6 @@ from microbroker_nats import NatsBroker, StreamError, durable_name
 
 def unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def jsm(jetstream_server: NatsServer) -> AsyncIterator[JetStreamContext]:
-    """A raw nats-py JetStream context, to look at what the broker did on the server."""
-    nc = await nats.connect(jetstream_server.url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
 
 
 async def test_capabilities_declare_at_least_once(jetstream_server: NatsServer) -> None:
