@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiokafka import (  # type: ignore[import-untyped]
@@ -292,10 +292,12 @@ class KafkaSubscriber(Subscriber):
         busy = self._busy
         max_records = self._settings.max_poll_records
         # librdkafka's messages answer by methods; aiokafka's records by attributes.
+        read: ReadRecord
         if getattr(consumer, "messages", False):
-            hand, first_offset = self._hand_messages, _first_message_offset
+            read, first_offset = _read_message, _first_message_offset
         else:
-            hand, first_offset = self._hand, _first_record_offset
+            read, first_offset = _read_record, _first_record_offset
+        hand = self._hand
         # A broadcast subscriber assigns itself the partitions added to its topic.
         watch = queue is None
         loop = asyncio.get_running_loop()
@@ -335,10 +337,18 @@ class KafkaSubscriber(Subscriber):
                 for tp, records in batches.items():
                     part = owners[tp]
                     if part is not None:
-                        await hand(records, part, tp.partition)
+                        await hand(records, part, tp.partition, read)
 
-    async def _hand(self, records: list[Any], part: Partition, partition: int) -> None:
-        """Deliver aiokafka's ``records`` of one partition, in order, one at a time."""
+    async def _hand(
+        self, records: list[Any], part: Partition, partition: int, read: ReadRecord
+    ) -> None:
+        """Deliver the ``records`` of one partition, in order, one at a time.
+
+        ``read`` gives a record's offset, value, headers and key: aiokafka's records
+        answer by attributes, librdkafka's messages by methods, read here, on the
+        loop, as they are delivered (no copy of each is made in the consumer's thread,
+        which would hold the GIL against the loop for it).
+        """
         topic, queue, deliver = self.topic, self.queue, self._deliver
         envelope = self._settings.envelope
         outstanding = part.outstanding
@@ -347,16 +357,16 @@ class KafkaSubscriber(Subscriber):
                 # Left for the partition's next owner: it restarts a (re)assigned
                 # partition from its committed offset.
                 return
-            offset = record.offset
+            offset, value, headers, key = read(record)
             outstanding.append(offset)
             part.next = offset + 1
-            value = record.value or b""
+            value = value or b""
             if envelope:
                 message: Message | None = _unwrap(value)
                 raw = None
             else:
                 message = None
-                raw = record.headers
+                raw = headers
             await deliver(
                 KafkaDelivery(
                     topic,
@@ -369,45 +379,7 @@ class KafkaSubscriber(Subscriber):
                     part,
                     partition,
                     offset,
-                    record.key,
-                )
-            )
-
-    async def _hand_messages(self, records: list[Any], part: Partition, partition: int) -> None:
-        """:meth:`_hand` for librdkafka's messages, which answer by methods, not attributes.
-
-        Read here, on the loop, as they are delivered: no copy of each is made in the
-        consumer's thread (which would hold the GIL against the loop for it).
-        """
-        topic, queue, deliver = self.topic, self.queue, self._deliver
-        envelope = self._settings.envelope
-        outstanding = part.outstanding
-        for record in records:
-            if part.revoked or self._closing:
-                return
-            offset = record.offset()
-            outstanding.append(offset)
-            part.next = offset + 1
-            value = record.value() or b""
-            if envelope:
-                message: Message | None = _unwrap(value)
-                raw = None
-            else:
-                message = None
-                raw = record.headers()
-            await deliver(
-                KafkaDelivery(
-                    topic,
-                    value if message is None else message.body,
-                    raw,
-                    message,
-                    queue,
-                    1,
-                    self,
-                    part,
-                    partition,
-                    offset,
-                    record.key(),
+                    key,
                 )
             )
 
@@ -618,6 +590,20 @@ class KafkaSubscriber(Subscriber):
                 await asyncio.wait_for(consumer._client.close(), timeout)
         except Exception as exc:
             logger.debug("kafka: stopping the consumer of %s: %s", self.topic, exc)
+
+
+#: A record's offset, value, headers and key.
+ReadRecord = Callable[[Any], tuple[int, bytes | None, Any, bytes | None]]
+
+
+def _read_record(record: Any) -> tuple[int, bytes | None, Any, bytes | None]:
+    """aiokafka's ``ConsumerRecord``."""
+    return record.offset, record.value, record.headers, record.key
+
+
+def _read_message(message: Any) -> tuple[int, bytes | None, Any, bytes | None]:
+    """librdkafka's ``Message``."""
+    return message.offset(), message.value(), message.headers(), message.key()
 
 
 def _first_record_offset(records: list[Any]) -> int:
