@@ -796,3 +796,29 @@ def test_a_bus_does_not_outlive_its_event_loop() -> None:
 
     asyncio.run(forget_to_disconnect())
     assert asyncio.run(next_run()) == [b"0", b"1", b"2", b"3"]
+
+
+@given(
+    name=st.text(min_size=1, max_size=12),
+    others=st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=4), max_size=6),
+)
+def test_message_header_matches_the_casefolded_name_whatever_its_length(
+    name: str, others: dict[str, str]
+) -> None:
+    # Message.header skips the fold of ASCII names of another length; it must find exactly
+    # what comparing every name's casefold finds, non-ASCII names included ("STRASSE" and
+    # "straße" fold alike, at different lengths).
+    message = Message(b"", others)
+    expected = others.get(name)
+    if expected is None:
+        expected = next((v for k, v in others.items() if k.casefold() == name.casefold()), None)
+    assert message.header(name) == expected
+
+
+def test_message_header_reads_names_case_insensitively() -> None:
+    message = Message(b"", {"Micro-Id": "1", "STRASSE": "2", "ﬁle": "3"})
+    assert message.header("micro-ID") == "1"
+    assert message.header("straße") == "2"
+    assert message.header("FILE") == "3"
+    assert message.header("Micro-Error") is None
+    assert message.header("Micro-Error", "none") == "none"

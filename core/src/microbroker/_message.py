@@ -29,7 +29,9 @@ class Message:
         if value is not None:
             return value
         folded = name.casefold()
+        # An ASCII name folds to one of the same length: most names are passed over unfolded.
+        size = len(folded)
         for key, value in headers.items():
-            if key.casefold() == folded:
+            if (len(key) == size or not key.isascii()) and key.casefold() == folded:
                 return value
         return default

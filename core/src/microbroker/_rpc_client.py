@@ -126,7 +126,18 @@ class RpcClient:
         while True:
             try:
                 message = self.request_message(request, metadata, timeout)
-                reply = await self._round_trip(request, message, timeout)
+                if self._native:
+                    # Awaited here rather than through a helper: one coroutine less per call.
+                    try:
+                        reply = await self.broker.request(  # type: ignore[attr-defined]
+                            service_topic(request.service), message, timeout=timeout
+                        )
+                    except TimeoutError as exc:
+                        raise self._timeout(request, timeout) from exc
+                    except LookupError as exc:
+                        raise self._nobody_serves(request) from exc
+                else:
+                    reply = await self._via_inbox(request, message, timeout)
                 error = reply.header(ERROR)
                 if error is not None:
                     raise parse_error(error, request.service)
@@ -142,17 +153,12 @@ class RpcClient:
                 if exc.code == 503:
                     await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
-    async def _round_trip(self, request: Request, message: Message, timeout: float) -> Message:
+    def _nobody_serves(self, request: Request) -> RpcError:
+        return RpcError(CLIENT_ID, 503, f"no instance of service {request.service!r} is serving")
+
+    async def _via_inbox(self, request: Request, message: Message, timeout: float) -> Message:
+        """The round trip on a broker without request/reply: this client's inbox, a Future."""
         topic = service_topic(request.service)
-        if self._native:
-            try:
-                return await self.broker.request(topic, message, timeout=timeout)  # type: ignore[attr-defined,no-any-return]
-            except TimeoutError as exc:
-                raise self._timeout(request, timeout) from exc
-            except LookupError as exc:
-                raise RpcError(
-                    CLIENT_ID, 503, f"no instance of service {request.service!r} is serving"
-                ) from exc
         await self.ensure_inbox()
         request_id = message.headers[ID]
         message.headers[REPLY_TO] = self.inbox

@@ -13,7 +13,8 @@ event hooks, the retry policy). What a transport composes from here:
   declared :class:`Overflow` rule (and :class:`Flow` to pause a connection);
 - :class:`RetryPolicy` and :func:`backoff`, the one backoff formula (for the
   transport's own waits too: reconnects, retried sends);
-- the header names and checks (:func:`check_headers`, :func:`header_size`,
+- the header names and checks (:func:`check_headers`, :func:`checked_length`,
+  :func:`header_size`,
   :func:`header_pairs`) and :func:`check_topic`;
 - :func:`report_error`, for what a transport cannot hand to a caller;
 - :func:`encode_envelope` and :func:`decode_envelope`, go-micro's JSON
@@ -53,6 +54,7 @@ from ._headers import (
     SERVICE,
     TOPIC,
     check_headers,
+    checked_length,
     header_pairs,
     header_size,
     new_message_id,
@@ -102,6 +104,7 @@ __all__ = [
     "backoff",
     "check_headers",
     "check_topic",
+    "checked_length",
     "dead_letter_message",
     "decode_envelope",
     "encode_envelope",

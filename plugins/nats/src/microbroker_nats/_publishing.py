@@ -46,8 +46,8 @@ from microbroker import InvalidTopic, Message, MessageTooLarge, NotConnected, Pu
 from microbroker.transport import (
     ID,
     backoff,
-    check_headers,
     check_topic,
+    checked_length,
     encode_envelope,
     header_size,
     new_message_id,
@@ -783,12 +783,13 @@ class Publisher:
         if is_pattern(topic):
             check_literal(topic)
         headers = message.headers
-        if headers:
-            check_headers(headers)
+        chars = checked_length(headers) if headers else 0
         body = message.body
-        size = len(body) + header_size(headers)
-        if size > self.limit:
-            raise MessageTooLarge(topic, size, self.limit, "nats")
+        # UTF-8 takes at most 4 bytes a character: the exact size only when the bound is over.
+        if len(body) + 4 * chars > self.limit:
+            size = len(body) + header_size(headers)
+            if size > self.limit:
+                raise MessageTooLarge(topic, size, self.limit, "nats")
         try:
             requests = self._requests
             if requests is not None:
