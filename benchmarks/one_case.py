@@ -30,8 +30,10 @@ from run import SHAPES, body_of  # noqa: E402
 
 
 class Address:
+    """The server as the transports' variants read it: ``url`` (most), ``address`` (kafka)."""
+
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = self.address = url
 
 
 async def main_async(args: argparse.Namespace) -> None:
