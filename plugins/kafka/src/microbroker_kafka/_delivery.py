@@ -17,6 +17,7 @@ RecordHeaders = Sequence[tuple[str, bytes]]
 """A Kafka record's headers as aiokafka reads them: ``(name, value)`` pairs."""
 
 _CONTENT_TYPE = CONTENT_TYPE.casefold()
+_CONTENT_TYPE_LENGTH = len(_CONTENT_TYPE)
 _CONTENT_TYPES: dict[bytes, str] = {}
 """Content types as received, decoded: a typed subscriber reads one per delivery."""
 
@@ -27,7 +28,8 @@ _init = Delivery.__init__
 class KafkaDelivery(Delivery):
     """A delivery from a Kafka partition.
 
-    - ``ack`` settles its offset: the group's commit may move past it;
+    - ``ack`` settles its offset: the group's commit may move past it (the
+      partition's tracker reads the delivery's state: nothing to call on ack);
     - ``nack`` (a failed attempt) delivers it again after the retry policy's
       backoff while the partition goes on; its offset stays outstanding, so no
       commit passes it meanwhile;
@@ -39,7 +41,20 @@ class KafkaDelivery(Delivery):
     only looks for ``Content-Type``.
     """
 
-    __slots__ = ("_body", "_raw_headers", "_sub", "_tracker", "key", "offset", "partition")
+    __slots__ = (
+        "_body",
+        "_raw_headers",
+        "_sub",
+        "_tracker",
+        "again",
+        "given_up",
+        "key",
+        "offset",
+        "partition",
+    )
+
+    #: An ack is the delivery's state alone: the partition's tracker reads it (``Partition.safe``).
+    acks_locally = True
 
     def __init__(
         self,
@@ -65,6 +80,10 @@ class KafkaDelivery(Delivery):
         self.partition = partition
         self.offset = offset
         self.key = key
+        #: Its redelivery, once made (after a nack): the offset is settled as that one is.
+        self.again: KafkaDelivery | None = None
+        #: Given up, its dead letter (if any) published: settled like an ack.
+        self.given_up = False
 
     def load_message(self) -> Message:
         raw = self._raw_headers
@@ -83,7 +102,11 @@ class KafkaDelivery(Delivery):
         if self._message is None:
             found = None
             for name, value in self._raw_headers or ():
-                if name == CONTENT_TYPE or name.casefold() == _CONTENT_TYPE:
+                # An ASCII name folds to one of the same length: others are passed over unfolded.
+                if name == CONTENT_TYPE or (
+                    (len(name) == _CONTENT_TYPE_LENGTH or not name.isascii())
+                    and name.casefold() == _CONTENT_TYPE
+                ):
                     found = value  # the last one wins, as in the dict
             if found is None:
                 return None
@@ -95,12 +118,27 @@ class KafkaDelivery(Delivery):
             return text
         return self._message.header(CONTENT_TYPE)
 
-    async def on_ack(self) -> None:
-        self._tracker.settle(self.offset)
+    def redelivery(self) -> KafkaDelivery:
+        """The record's next attempt (after a nack): its offset is settled as that one is."""
+        message = self.message
+        again = self.again = KafkaDelivery(
+            self.topic,
+            message.body,
+            None,
+            Message(message.body, dict(message.headers)),
+            self.queue,
+            self.attempt + 1,
+            self._sub,
+            self._tracker,
+            self.partition,
+            self.offset,
+            self.key,
+        )
+        return again
 
     async def on_nack(self, delay: float) -> None:
         self._sub.redeliver(self, delay)
 
     async def on_reject(self) -> None:
         # Given up: never delivered again, so the commit may move past it.
-        self._tracker.settle(self.offset)
+        self.given_up = True

@@ -6,6 +6,10 @@ policy's last attempt, its dead letter published). A record nacked and waiting
 for its redelivery, or still in its handler, stops the run, so the committed
 offset never passes a record that may still be delivered again; and a poison
 record given up no longer holds it back.
+
+The run is read from the deliveries themselves when it is asked for (at a
+commit, and after each fetched batch): an ack is only the delivery's state
+(``KafkaDelivery.acks_locally``), with no call per record into this module.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError as AioKafkaError  # type: ignore[import-untyped]
+
+if TYPE_CHECKING:
+    from ._delivery import KafkaDelivery
 
 logger = logging.getLogger("microbroker.broker.kafka")
 
@@ -24,35 +32,41 @@ COMMIT_TIMEOUT = 3.0
 
 
 class Partition:
-    """The offsets of one partition a subscription holds: which ones may be committed."""
+    """The records of one partition a subscription holds: which offsets may be committed."""
 
-    __slots__ = ("committed", "done", "next", "outstanding", "revoked", "safe")
+    __slots__ = ("_safe", "committed", "next", "pending", "revoked")
 
     def __init__(self, start: int) -> None:
-        #: Offsets handed to the handler and not settled yet, in order.
-        self.outstanding: deque[int] = deque()
-        #: Settled offsets behind an unsettled one.
-        self.done: set[int] = set()
-        self.safe = start
-        """The offset after the longest settled run: what may be committed."""
+        #: The deliveries handed to the handler, in offset order, from the first one
+        #: not known to be settled.
+        self.pending: deque[KafkaDelivery] = deque()
+        self._safe = start
         self.committed = start
         self.next = start
         """The offset after the last record handed to the handler: where to read on."""
         self.revoked = False
 
-    def settle(self, offset: int) -> None:
-        """``offset`` was acked or given up: it will not be delivered again by this member."""
-        outstanding = self.outstanding
-        if outstanding and outstanding[0] == offset:
-            outstanding.popleft()
-            last = offset
-            done = self.done
-            while outstanding and outstanding[0] in done:
-                last = outstanding.popleft()
-                done.discard(last)
-            self.safe = last + 1
-        elif offset in outstanding:
-            self.done.add(offset)
+    @property
+    def safe(self) -> int:
+        """The offset after the longest settled run: what may be committed."""
+        return self.advance()
+
+    def advance(self) -> int:
+        """Drop the settled run from :attr:`pending`; the offset after it (:attr:`safe`).
+
+        A record counts as settled once its delivery is acked or given up; a nacked
+        one counts as its redelivery does, once that is made.
+        """
+        pending = self.pending
+        while pending:
+            head = pending[0]
+            if head.acked or head.given_up:
+                self._safe = pending.popleft().offset + 1
+            elif head.again is not None:
+                pending[0] = head.again  # nacked: its redelivery stands for it now
+            else:
+                break
+        return self._safe
 
     @property
     def dirty(self) -> bool:

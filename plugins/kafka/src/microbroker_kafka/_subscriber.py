@@ -351,14 +351,13 @@ class KafkaSubscriber(Subscriber):
         """
         topic, queue, deliver = self.topic, self.queue, self._deliver
         envelope = self._settings.envelope
-        outstanding = part.outstanding
+        pending = part.pending
         for record in records:
             if part.revoked or self._closing:
                 # Left for the partition's next owner: it restarts a (re)assigned
                 # partition from its committed offset.
                 return
             offset, value, headers, key = read(record)
-            outstanding.append(offset)
             part.next = offset + 1
             value = value or b""
             if envelope:
@@ -367,21 +366,22 @@ class KafkaSubscriber(Subscriber):
             else:
                 message = None
                 raw = headers
-            await deliver(
-                KafkaDelivery(
-                    topic,
-                    value if message is None else message.body,
-                    raw,
-                    message,
-                    queue,
-                    1,
-                    self,
-                    part,
-                    partition,
-                    offset,
-                    key,
-                )
+            delivery = KafkaDelivery(
+                topic,
+                value if message is None else message.body,
+                raw,
+                message,
+                queue,
+                1,
+                self,
+                part,
+                partition,
+                offset,
+                key,
             )
+            pending.append(delivery)
+            await deliver(delivery)
+        part.advance()  # the batch's settled run is dropped: only the unsettled are kept
 
     def redeliver(self, delivery: KafkaDelivery, delay: float) -> None:
         """Deliver ``delivery`` again after ``delay`` seconds, while the partition goes on.
@@ -398,20 +398,7 @@ class KafkaSubscriber(Subscriber):
             await asyncio.sleep(delay)
         if delivery._tracker.revoked or self._closing:
             return  # the partition's next owner reads it again from the committed offset
-        message = delivery.message
-        again = KafkaDelivery(
-            delivery.topic,
-            message.body,
-            None,
-            Message(message.body, dict(message.headers)),
-            delivery.queue,
-            delivery.attempt + 1,
-            self,
-            delivery._tracker,
-            delivery.partition,
-            delivery.offset,
-            delivery.key,
-        )
+        again = delivery.redelivery()
         async with self._busy:
             # A nack of this one schedules the next redelivery by itself.
             await self._deliver(again)

@@ -246,11 +246,9 @@ class KafkaBroker(Broker):
             if stream is not None:
                 key = stream.encode()
         value = body if type(body) is bytes else bytes(body)
-        record_headers = None
         if self._envelope:
             value = encode_envelope(headers, value)
-        elif headers:
-            record_headers = header_pairs(headers)
+            headers = {}
         if not known:
             try:
                 await self._ensure_topic(topic)
@@ -258,13 +256,13 @@ class KafkaBroker(Broker):
                 raise PublishError(f"kafka topic {topic!r} could not be created: {exc}") from exc
         rd_producer = self._rd_producer
         if rd_producer is not None:
+            # librdkafka takes the headers as a dict, and encodes its str values in C.
+            fields = (headers if type(headers) is dict else dict(headers)) if headers else None
             try:
                 try:
-                    future = rd_producer.produce(topic, value, key, partition, record_headers)
+                    future = rd_producer.produce(topic, value, key, partition, fields)
                 except BufferError:
-                    future = await rd_producer.produce_later(
-                        topic, value, key, partition, record_headers
-                    )
+                    future = await rd_producer.produce_later(topic, value, key, partition, fields)
                 if future is not None:
                     await future
             except AioKafkaError as exc:
@@ -274,6 +272,7 @@ class KafkaBroker(Broker):
         producer, batcher = self._producer, self._batcher
         if producer is None or batcher is None:
             raise NotConnected("kafka broker is not connected: call connect() first")
+        record_headers = header_pairs(headers) if headers else None
         try:
             future = batcher.append(topic, partition, key, value, record_headers)
             if future is None:
