@@ -42,12 +42,12 @@ class KafkaDelivery(Delivery):
     """
 
     __slots__ = (
+        "_again",
         "_body",
+        "_given_up",
         "_raw_headers",
         "_sub",
         "_tracker",
-        "again",
-        "given_up",
         "key",
         "offset",
         "partition",
@@ -81,9 +81,9 @@ class KafkaDelivery(Delivery):
         self.offset = offset
         self.key = key
         #: Its redelivery, once made (after a nack): the offset is settled as that one is.
-        self.again: KafkaDelivery | None = None
+        self._again: KafkaDelivery | None = None
         #: Given up, its dead letter (if any) published: settled like an ack.
-        self.given_up = False
+        self._given_up = False
 
     def load_message(self) -> Message:
         raw = self._raw_headers
@@ -121,7 +121,7 @@ class KafkaDelivery(Delivery):
     def redelivery(self) -> KafkaDelivery:
         """The record's next attempt (after a nack): its offset is settled as that one is."""
         message = self.message
-        again = self.again = KafkaDelivery(
+        again = self._again = KafkaDelivery(
             self.topic,
             message.body,
             None,
@@ -141,4 +141,4 @@ class KafkaDelivery(Delivery):
 
     async def on_reject(self) -> None:
         # Given up: never delivered again, so the commit may move past it.
-        self.given_up = True
+        self._given_up = True

@@ -60,10 +60,10 @@ class Partition:
         pending = self.pending
         while pending:
             head = pending[0]
-            if head.acked or head.given_up:
+            if head.acked or head._given_up:
                 self._safe = pending.popleft().offset + 1
-            elif head.again is not None:
-                pending[0] = head.again  # nacked: its redelivery stands for it now
+            elif head._again is not None:
+                pending[0] = head._again  # nacked: its redelivery stands for it now
             else:
                 break
         return self._safe
