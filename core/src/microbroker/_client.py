@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import _headers, codecs
+from . import codecs
 from ._broker import Broker
 from ._headers import (
     CONTENT_TYPE,
@@ -116,9 +116,9 @@ class Client(ClientRpc):
                 codec = self.codec(content_type)
             body = codec.encode(payload)
         if not metadata:
-            # new_message_id() without the call (its prefix and counter are redrawn in a fork).
-            message_id = _headers._PREFIX + str(next(_headers._counter))
-            message = Message(body, {CONTENT_TYPE: content_type, TOPIC: topic, ID: message_id})
+            message = Message(
+                body, {CONTENT_TYPE: content_type, TOPIC: topic, ID: new_message_id()}
+            )
         else:
             headers = {k: v for k, v in metadata.items() if k.casefold() not in RESERVED}
             check_headers(headers)
