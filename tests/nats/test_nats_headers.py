@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.errors import BadHeaderError
 
+from microbroker import Message
 from microbroker_nats._client import encode_headers, header_block_size, parse_header_lines
+from microbroker_nats._delivery import NatsDelivery
 
 TOKEN = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
 names = st.text(alphabet=TOKEN, min_size=1, max_size=20)
@@ -62,3 +64,36 @@ def test_parsing_matches_nats_py_on_any_block(block_lines: list[bytes]) -> None:
     assert ours == theirs
     # A second parse (through the line cache) gives the same answer.
     assert parse_header_lines(raw) == ours
+
+
+# Header lines as NATS clients write them ("Name: value"), with Content-Type spelt in
+# several cases and repeated, so that the delivery's shortcut meets every arrangement.
+canonical_lines = st.lists(
+    st.tuples(
+        st.one_of(names, st.sampled_from(["Content-Type", "content-type", "CONTENT-TYPE"])),
+        values,
+    ),
+    max_size=6,
+)
+
+
+@given(canonical_lines)
+def test_a_deliverys_content_type_is_the_parsed_blocks(lines: list[tuple[str, str]]) -> None:
+    """The delivery finds Content-Type without parsing the block: the same answer as parsing it."""
+    raw = b"NATS/1.0\r\n" + b"".join(f"{n}: {v}\r\n".encode() for n, v in lines) + b"\r\n"
+    delivery = NatsDelivery("t", b"", raw, None, "", None)  # type: ignore[arg-type]
+    parsed = Message(b"", parse_header_lines(raw[10:]))
+    assert delivery.content_type == parsed.header("Content-Type")
+
+
+@given(headers)
+def test_a_hook_added_value_that_is_not_text_is_refused_in_any_position(
+    given_headers: dict[str, str],
+) -> None:
+    """Blocks of each size take one formatted string; a non-str value anywhere still fails."""
+    encode_headers(given_headers)  # the names are known now: the formatted path is taken
+    for name in given_headers:
+        bad: dict[str, object] = dict(given_headers)
+        bad[name] = 7
+        with pytest.raises(BadHeaderError):
+            encode_headers(bad)  # type: ignore[arg-type]

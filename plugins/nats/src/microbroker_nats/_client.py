@@ -66,24 +66,76 @@ _UNIQUE_NAMES = frozenset(
 def encode_headers(headers: dict[str, str]) -> bytes:
     """The NATS header block for ``headers``, as nats-py writes it.
 
-    Names seen before and values without CR or LF (the common case) take one
-    formatted line each; anything else takes nats-py's rules (names stripped
-    and checked, blank names skipped). A value holding CR or LF is refused
-    (``BadHeaderError``), never rewritten: it would split the block.
-    ``Broker.publish`` refuses such headers before they get here
-    (:class:`~microbroker.InvalidHeader`); this guards the client's other
-    users. Unlike nats-py, a value is sent as it is rather than stripped:
-    receivers strip the ASCII spaces around it when they parse the block.
+    Names seen before and values without CR or LF (the common case) go
+    through one formatted string (:func:`_block_encoder`); anything else takes
+    nats-py's rules (names stripped and checked, blank names skipped). A value
+    holding CR or LF is refused (``BadHeaderError``), never rewritten: it would
+    split the block. ``Broker.publish`` refuses such headers before they get
+    here (:class:`~microbroker.InvalidHeader`); this guards the client's other
+    users and the headers a publish hook adds after that check. Unlike
+    nats-py, a value is sent as it is rather than stripped: receivers strip the
+    ASCII spaces around it when they parse the block.
     """
-    valid = _valid_names
-    parts = ["NATS/1.0\r\n"]
-    append = parts.append
-    for name, value in headers.items():
-        if name not in valid or type(value) is not str or "\r" in value or "\n" in value:
+    count = len(headers)
+    encode = _block_encoders.get(count)
+    if encode is None:
+        if not 0 < count <= _MOST_FORMATTED:
             return _encode_headers_slowly(headers)
-        append(f"{name}: {value}\r\n")
-    append("\r\n")
-    return "".join(parts).encode()
+        encode = _block_encoders[count] = _block_encoder(count)
+    block = encode(headers)
+    return _encode_headers_slowly(headers) if block is None else block
+
+
+# The number of headers -> the encoder of a block of that many (see _block_encoder).
+_block_encoders: dict[int, Callable[[dict[str, str]], bytes | None]] = {}
+_MOST_FORMATTED = 12
+
+
+def _block_encoder(count: int) -> Callable[[dict[str, str]], bytes | None]:
+    """An encoder of the header blocks of ``count`` (at least 1) headers, made once for that count.
+
+    It unpacks the headers into locals and writes the block with one
+    f-string, so that a block costs one formatting and one ``encode()`` (a
+    loop formatting a line per header, then joining, costs half as much again:
+    9.3k instructions for the three headers of a typed Event, against 6.5k).
+    It returns ``None`` (the caller then takes the slow path, which checks
+    and raises) unless every name was seen valid before and every value is a
+    ``str`` without CR or LF; the values are checked together, as one string.
+    For two headers the code is::
+
+        def encode(headers):
+            (n0, v0), (n1, v1), = headers.items()
+            if n0 in valid and n1 in valid:
+                try:
+                    text = v0 + v1
+                except TypeError:
+                    return None
+                if type(text) is str and '\\r' not in text and '\\n' not in text:
+                    return f'NATS/1.0\\r\\n{n0}: {v0}\\r\\n{n1}: {v1}\\r\\n\\r\\n'.encode()
+            return None
+    """
+    names = [f"n{i}" for i in range(count)]
+    values = [f"v{i}" for i in range(count)]
+    lines = "".join(f"{{{n}}}: {{{v}}}\\r\\n" for n, v in zip(names, values, strict=True))
+    code = "\n".join(
+        [
+            "def encode(headers):",
+            f"    {''.join(f'({n}, {v}), ' for n, v in zip(names, values, strict=True))}"
+            "= headers.items()",
+            f"    if {' and '.join(f'{n} in valid' for n in names)}:",
+            "        try:",
+            f"            text = {' + '.join(values)}",
+            "        except TypeError:",
+            "            return None",
+            "        if type(text) is str and '\\r' not in text and '\\n' not in text:",
+            f"            return f'NATS/1.0\\r\\n{lines}\\r\\n'.encode()",
+            "    return None",
+        ]
+    )
+    namespace: dict[str, Any] = {"valid": _valid_names}
+    exec(compile(code, f"<nats header block of {count}>", "exec"), namespace)
+    encode: Callable[[dict[str, str]], bytes | None] = namespace["encode"]
+    return encode
 
 
 def _encode_headers_slowly(headers: dict[str, str]) -> bytes:
