@@ -23,6 +23,31 @@ import pytest
 HOST = "127.0.0.1"
 
 
+def wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Wait until every thread of ``pid`` is stopped (after a SIGSTOP).
+
+    ``kill()`` returns before the signal has stopped the process: a thread
+    running on another core goes on for a moment and may still answer what the
+    test sends right after pausing (a JetStream ack, say). Read from
+    ``/proc/<pid>/task/*/stat``; a thread that exits meanwhile is not waited on.
+    """
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{pid}/task")
+    while True:
+        states = []
+        with contextlib.suppress(FileNotFoundError):
+            for task in tasks.iterdir():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    stat = (task / "stat").read_text()
+                    # "<tid> (<comm>) <state> ...": comm may hold spaces or parentheses.
+                    states.append(stat[stat.rindex(")") + 2])
+        if all(state in "tTZX" for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} did not stop within {timeout}s: {states}")
+        time.sleep(0.001)
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -152,6 +177,7 @@ class ServerProcess:
         """SIGSTOP: the process keeps its sockets but answers nothing (a network stall)."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGSTOP)
+            wait_stopped(self.proc.pid)
 
     def resume(self) -> None:
         if self.proc is not None:

@@ -26,7 +26,15 @@ import time
 from pathlib import Path
 
 from .certificates import Certificate, CertificateAuthority
-from .process import HOST, ServerProcess, find_binary, free_port, port_open, unavailable
+from .process import (
+    HOST,
+    ServerProcess,
+    find_binary,
+    free_port,
+    port_open,
+    unavailable,
+    wait_stopped,
+)
 
 #: The start script that runs the VM in the foreground (the wrapper in /usr/sbin would
 #: switch to the ``rabbitmq`` user, whose files these are not).
@@ -274,7 +282,8 @@ class RabbitMQServer(ServerProcess):
 
     def pause(self) -> None:
         """SIGSTOP to the VM: its sockets stay open and nothing answers (a stalled server)."""
-        self._signal_vm(signal.SIGSTOP)
+        if self._signal_vm(signal.SIGSTOP) and self.vm_pid is not None:
+            wait_stopped(self.vm_pid)
 
     def resume(self) -> None:
         self._signal_vm(signal.SIGCONT)
