@@ -102,3 +102,41 @@ async def test_a_subscriber_whose_server_lost_its_log_goes_on_from_its_beginning
                     await asyncio.sleep(0.1)
         await eventually(lambda: set(after) <= set(received), 60, "delivery after the restart")
     assert received[50:] == after
+
+
+async def test_a_group_caught_up_on_a_batched_log_rejoins_without_reading_it_again(
+    kafka_server: KafkaServer, kafka_client: str
+) -> None:
+    """tansu answers ListOffsets with the base offset of the last batch + 1, short of the
+    log's end: a group committed at the end of a log whose last batch holds many records
+    looks "beyond the end" by it. The end is read from the fetch instead, so a rejoining
+    group goes on from its committed offset and reads nothing twice."""
+    topic, group = f"lost.{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    received: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        received.append(delivery.message.body)
+
+    async with (
+        KafkaBroker(kafka_server.address, client=kafka_client, **FAST) as pub,
+        KafkaBroker(kafka_server.address, client=kafka_client, **FAST) as sub,
+    ):
+        # Published at once, the 100 go to the server in one batch.
+        await asyncio.gather(*(pub.publish(topic, Message(b"%d" % n)) for n in range(100)))
+        first = await sub.subscribe(topic, handler, queue=group)
+        await eventually(lambda: len(received) == 100, 30, "the first 100")
+        await first.unsubscribe()  # commits its offsets, 100 on partition 0
+        tp = TopicPartition(topic, 0)
+        listed = AIOKafkaConsumer(bootstrap_servers=kafka_server.address, group_id=group)
+        await listed.start()
+        try:
+            assert await listed.committed(tp) == 100
+            short = (await listed.end_offsets([tp]))[tp]
+        finally:
+            await listed.stop()
+        await sub.subscribe(topic, handler, queue=group)
+        await pub.publish(topic, Message(b"after"))
+        await eventually(lambda: b"after" in received, 30, "the message published after")
+        await asyncio.sleep(0.5)  # nothing more arrives
+    print(f"\nListOffsets said the log ends at {short}; it ends at 100")
+    assert received == [b"%d" % n for n in range(100)] + [b"after"]

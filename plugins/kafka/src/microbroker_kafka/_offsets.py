@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError as AioKafkaError  # type: ignore[import-untyped]
@@ -34,7 +34,17 @@ COMMIT_TIMEOUT = 3.0
 class Partition:
     """The records of one partition a subscription holds: which offsets may be committed."""
 
-    __slots__ = ("_safe", "committed", "next", "pending", "revoked")
+    __slots__ = (
+        "_safe",
+        "check",
+        "committed",
+        "next",
+        "pending",
+        "reset_to",
+        "revoked",
+        "skip",
+        "witness",
+    )
 
     def __init__(self, start: int) -> None:
         #: The deliveries handed to the handler, in offset order, from the first one
@@ -45,6 +55,20 @@ class Partition:
         self.next = start
         """The offset after the last record handed to the handler: where to read on."""
         self.revoked = False
+        #: The last record of the last batch handed whole to the handler (the
+        #: client's own object): what the server should still hold at its offset.
+        self.witness: Any = None
+        #: A record this subscriber handed from the partition before it was
+        #: revoked: the server's record at its offset must be the same, else the
+        #: server's log was replaced (see KafkaSubscriber._check_witness).
+        self.check: Any = None
+        #: Whether the record at the offset of ``check`` is to be compared only
+        #: (it was read again just for that), not handed to the handler.
+        self.skip = False
+        #: The end of the log when the partition was assigned, if it lay before
+        #: ``next``: where ``offset_reset="latest"`` goes on from once a fetch
+        #: shows the log does end before ``next``.
+        self.reset_to: int | None = None
 
     @property
     def safe(self) -> int:

@@ -106,6 +106,9 @@ class KafkaSubscriber(Subscriber):
         self._tls = tls
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, Partition] = {}
+        # The last record handed from each partition revoked from this subscriber (the
+        # client's object), kept to check the server's log against when it comes back.
+        self._witnesses: dict[TopicPartition, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._redeliveries: set[asyncio.Task[None]] = set()
@@ -208,20 +211,27 @@ class KafkaSubscriber(Subscriber):
                 self._settings.request_timeout,
             )
             tps = [tp for tp in tps if tp in positions]
-        # A committed offset beyond the end of the log: the server lost records.
+        # A position beyond the end of the log (the server lost records) is decided at
+        # the first fetch, by its high watermark (_check_log_ends), not here: tansu
+        # answers ListOffsets with the base offset of the log's last batch + 1, short
+        # of its end. Where "latest" goes on from is fixed here, though: what is
+        # published from now on is delivered.
         try:
             ends = await consumer.end_offsets(tps) if tps else {}
         except AioKafkaError as exc:
             logger.info("kafka: could not read the log ends of %s: %s", self.topic, exc)
             ends = {}
-        beyond = [tp for tp in tps if tp in ends and positions[tp] > ends[tp]]
-        moved = await self._go_on_from_reset(consumer, beyond, positions) if beyond else {}
-        positions.update(moved)
         fresh: dict[TopicPartition, int] = {}
         for tp in tps:
             position = positions[tp]
-            self._partitions[tp] = Partition(position)
-            if tp in moved or await committed(consumer, tp) is None:
+            part = self._partitions[tp] = Partition(position)
+            end = ends.get(tp)
+            if end is not None and position > end:
+                part.reset_to = end
+            witness = self._witnesses.pop(tp, None)
+            if witness is not None:
+                self._place_witness(consumer, tp, part, witness)
+            if await committed(consumer, tp) is None:
                 fresh[tp] = position
         if fresh:
             # The group's starting point is fixed now, not at the next fetch: what is
@@ -252,6 +262,57 @@ class KafkaSubscriber(Subscriber):
             if lookup in done and not lookup.cancelled() and lookup.exception() is None
         }
 
+    def _place_witness(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, part: Partition, witness: Any
+    ) -> None:
+        """Check, at the first fetch, that the server holds ``witness`` where it was read.
+
+        A server that lost its log (one without durable storage, restarted) and
+        took new records since holds others at the same offsets: a group that
+        goes on from its committed offset would skip every record the new log
+        holds before it. When the group goes on right after the witness, the
+        witness is read again to be compared, not handed to the handler.
+        """
+        offset = _offset_of(witness)
+        if part.next == offset + 1:
+            consumer.seek(tp, offset)
+            part.check, part.skip = witness, True
+        elif 0 < part.next <= offset:
+            # Compared when it comes, handed as the others are. From offset 0 (a group
+            # the server does not know, reading from the beginning) nothing is skipped.
+            part.check = witness
+
+    async def _check_witness(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, part: Partition, records: list[Any]
+    ) -> list[Any]:
+        """The ``records`` to hand, once the one at the offset of ``part.check`` is compared.
+
+        The same record: the log is the one read before; go on. Another: the
+        server's log was replaced, and the partition goes on per
+        ``offset_reset`` (nothing of this batch is handed).
+        """
+        witness = part.check
+        wanted = _offset_of(witness)
+        for index, record in enumerate(records):
+            offset = _offset_of(record)
+            if offset < wanted:
+                continue
+            part.check = None
+            skip, part.skip = part.skip, False
+            if offset > wanted:
+                return records  # deleted or compacted away: nothing to compare
+            if _identity(record) == _identity(witness):
+                return records[index + 1 :] if skip else records
+            await self._start_over(
+                consumer,
+                {
+                    tp: f"the record at offset {wanted} is not the one read there before "
+                    "(the server's log was replaced: did it lose its records?)"
+                },
+            )
+            return []
+        return records
+
     async def _on_revoked(self, tps: Iterable[TopicPartition]) -> None:
         tps = list(tps)
         self._unplaced.difference_update(tps)
@@ -263,6 +324,9 @@ class KafkaSubscriber(Subscriber):
         offsets = {}
         for tp in revoked:
             part = self._partitions.pop(tp)
+            witness = part.witness if part.witness is not None else part.check
+            if witness is not None:
+                self._witnesses[tp] = witness
             if part.safe > part.committed:
                 offsets[tp] = part.safe
         if offsets and self._consumer is not None:
@@ -321,7 +385,10 @@ class KafkaSubscriber(Subscriber):
             # Which partitions are this subscriber's, now (no await since the fetch).
             owners = {tp: partitions.get(tp) for tp in batches}
             for tp, part in owners.items():
-                if part is None and queue is not None:
+                if part is not None:
+                    if part.check is not None:
+                        batches[tp] = await self._check_witness(consumer, tp, part, batches[tp])
+                elif queue is not None:
                     first = first_offset(batches[tp])
                     if tp in self._unplaced:
                         # Its position came after the assignment callback gave up on it.
@@ -336,7 +403,7 @@ class KafkaSubscriber(Subscriber):
             async with busy:
                 for tp, records in batches.items():
                     part = owners[tp]
-                    if part is not None:
+                    if part is not None and records:
                         await hand(records, part, tp.partition, read)
 
     async def _hand(
@@ -381,6 +448,7 @@ class KafkaSubscriber(Subscriber):
             )
             pending.append(delivery)
             await deliver(delivery)
+        part.witness = records[-1]
         part.advance()  # the batch's settled run is dropped: only the unsettled are kept
 
     def redeliver(self, delivery: KafkaDelivery, delay: float) -> None:
@@ -416,12 +484,28 @@ class KafkaSubscriber(Subscriber):
             for tp, part in partitions.items()
             if tp in assigned and (end := consumer.highwater(tp)) is not None and part.next > end
         ]
-        if not beyond:
-            return
-        positions = {tp: partitions[tp].next for tp in beyond}
+        if beyond:
+            await self._start_over(
+                consumer,
+                {
+                    tp: f"the server's log ends before offset {partitions[tp].next} "
+                    "(it lost records?)"
+                    for tp in beyond
+                },
+            )
+
+    async def _start_over(
+        self, consumer: AIOKafkaConsumer, reasons: dict[TopicPartition, str]
+    ) -> None:
+        """Go on per ``offset_reset`` on partitions whose log lost what this subscriber read.
+
+        ``reasons``: why, per partition, for the warning. Their redeliveries stop
+        (those records are gone), and a group commits the new positions.
+        """
+        partitions = self._partitions
         async with self._busy:
             try:
-                moved = await self._go_on_from_reset(consumer, beyond, positions)
+                moved = await self._go_on_from_reset(consumer, reasons)
             except AioKafkaError as exc:
                 logger.info("kafka: could not reset %s: %s", self.topic, exc)
                 return
@@ -436,12 +520,9 @@ class KafkaSubscriber(Subscriber):
             await commit_within(consumer, moved, "commit after a reset (deferred)")
 
     async def _go_on_from_reset(
-        self,
-        consumer: AIOKafkaConsumer,
-        tps: list[TopicPartition],
-        positions: dict[TopicPartition, int],
+        self, consumer: AIOKafkaConsumer, reasons: dict[TopicPartition, str]
     ) -> dict[TopicPartition, int]:
-        """Seek partitions whose position lies beyond the end of the server's log.
+        """Seek partitions whose log no longer holds what this subscriber read.
 
         Kafka answers a fetch past the end of a partition with
         OFFSET_OUT_OF_RANGE, and the consumer goes on per ``offset_reset``.
@@ -451,18 +532,22 @@ class KafkaSubscriber(Subscriber):
         position, and skip every record before it. Returns the new positions.
         """
         reset = self._settings.offset_reset
+        tps = list(reasons)
         if reset == "earliest":
             starts = await consumer.beginning_offsets(tps)
         else:
             starts = await consumer.end_offsets(tps)
+            for tp in tps:
+                part = self._partitions.get(tp)
+                if part is not None and part.reset_to is not None:
+                    starts[tp] = min(starts[tp], part.reset_to)
         for tp in tps:
             consumer.seek(tp, starts[tp])
             logger.warning(
-                "kafka: the server's log of %s partition %d ends before offset %d (it lost "
-                "records?): going on from offset %d (offset_reset=%r)",
+                "kafka: %s partition %d: %s: going on from offset %d (offset_reset=%r)",
                 tp.topic,
                 tp.partition,
-                positions[tp],
+                reasons[tp],
                 starts[tp],
                 reset,
             )
@@ -591,6 +676,19 @@ def _read_record(record: Any) -> tuple[int, bytes | None, Any, bytes | None]:
 def _read_message(message: Any) -> tuple[int, bytes | None, Any, bytes | None]:
     """librdkafka's ``Message``."""
     return message.offset(), message.value(), message.headers(), message.key()
+
+
+def _offset_of(record: Any) -> int:
+    """The offset of an aiokafka record (an attribute) or a librdkafka message (a method)."""
+    offset = record.offset
+    return int(offset() if callable(offset) else offset)
+
+
+def _identity(record: Any) -> tuple[Any, ...]:
+    """What tells one record from another at the same offset: timestamp, key, value, headers."""
+    if callable(record.offset):
+        return record.timestamp(), record.key(), record.value(), record.headers()
+    return record.timestamp, record.key, record.value, record.headers
 
 
 def _first_record_offset(records: list[Any]) -> int:
