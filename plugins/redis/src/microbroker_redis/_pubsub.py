@@ -153,7 +153,7 @@ class PubSubSubscriber(Subscriber):
                     return pubsub
         except BaseException:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             raise
 
     async def _beat(self) -> None:
@@ -184,7 +184,7 @@ class PubSubSubscriber(Subscriber):
                 if pubsub is not None:
                     self._pubsub = None
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
                 o = self._options
                 await asyncio.sleep(
                     backoff(failures, o.reconnect_delay, 2.0, o.max_reconnect_delay)
@@ -249,4 +249,4 @@ class PubSubSubscriber(Subscriber):
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
