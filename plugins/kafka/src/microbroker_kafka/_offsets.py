@@ -42,7 +42,6 @@ class Partition:
         "pending",
         "reset_to",
         "revoked",
-        "skip",
         "witness",
     )
 
@@ -60,11 +59,9 @@ class Partition:
         self.witness: Any = None
         #: A record this subscriber handed from the partition before it was
         #: revoked: the server's record at its offset must be the same, else the
-        #: server's log was replaced (see KafkaSubscriber._check_witness).
+        #: server's log was replaced (see KafkaSubscriber._check_witness). When
+        #: ``next`` lies past it, it was read again only to be compared.
         self.check: Any = None
-        #: Whether the record at the offset of ``check`` is to be compared only
-        #: (it was read again just for that), not handed to the handler.
-        self.skip = False
         #: The end of the log when the partition was assigned, if it lay before
         #: ``next``: where ``offset_reset="latest"`` goes on from once a fetch
         #: shows the log does end before ``next``.

@@ -275,8 +275,8 @@ class KafkaSubscriber(Subscriber):
         """
         offset = _offset_of(witness)
         if part.next == offset + 1:
-            consumer.seek(tp, offset)
-            part.check, part.skip = witness, True
+            consumer.seek(tp, offset)  # read again, to be compared only
+            part.check = witness
         elif 0 < part.next <= offset:
             # Compared when it comes, handed as the others are. From offset 0 (a group
             # the server does not know, reading from the beginning) nothing is skipped.
@@ -298,11 +298,12 @@ class KafkaSubscriber(Subscriber):
             if offset < wanted:
                 continue
             part.check = None
-            skip, part.skip = part.skip, False
             if offset > wanted:
                 return records  # deleted or compacted away: nothing to compare
             if _identity(record) == _identity(witness):
-                return records[index + 1 :] if skip else records
+                # Handed before and read again only to be compared (next lies past it),
+                # or to be handed again as the records before it (next does not).
+                return records[index + 1 :] if part.next > wanted else records
             await self._start_over(
                 consumer,
                 {
@@ -356,11 +357,7 @@ class KafkaSubscriber(Subscriber):
         busy = self._busy
         max_records = self._settings.max_poll_records
         # librdkafka's messages answer by methods; aiokafka's records by attributes.
-        read: ReadRecord
-        if getattr(consumer, "messages", False):
-            read, first_offset = _read_message, _first_message_offset
-        else:
-            read, first_offset = _read_record, _first_record_offset
+        read: ReadRecord = _read_message if getattr(consumer, "messages", False) else _read_record
         hand = self._hand
         # A broadcast subscriber assigns itself the partitions added to its topic.
         watch = queue is None
@@ -389,7 +386,7 @@ class KafkaSubscriber(Subscriber):
                     if part.check is not None:
                         batches[tp] = await self._check_witness(consumer, tp, part, batches[tp])
                 elif queue is not None:
-                    first = first_offset(batches[tp])
+                    first = _offset_of(batches[tp][0])
                     if tp in self._unplaced:
                         # Its position came after the assignment callback gave up on it.
                         self._unplaced.discard(tp)
@@ -689,14 +686,6 @@ def _identity(record: Any) -> tuple[Any, ...]:
     if callable(record.offset):
         return record.timestamp(), record.key(), record.value(), record.headers()
     return record.timestamp, record.key, record.value, record.headers
-
-
-def _first_record_offset(records: list[Any]) -> int:
-    return int(records[0].offset)
-
-
-def _first_message_offset(records: list[Any]) -> int:
-    return int(records[0].offset())
 
 
 def _unwrap(value: bytes) -> Message:
